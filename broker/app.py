@@ -1,0 +1,76 @@
+"""The quart-trio application: pages, client script, health and statistics.
+
+Everything that is not on the hot path lives here, served by hypercorn (see
+``controlplane.py``). Errors are answered as ``{"error": …, "code": …}`` JSON, like the
+data plane's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from quart import Response, send_from_directory
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .hub import Hub
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return Response(
+        body, status=status, content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
+
+
+def create_app(hub: Hub, *, extra_stats: Callable[[], dict[str, Any]] | None = None) -> QuartTrio:
+    """Build the app.
+
+    Args:
+        hub: the node's hub (for ``/stats``).
+        extra_stats: more ``/stats`` fields from the server (connection counts …).
+    """
+    app = QuartTrio("broker", static_folder=None)
+
+    @app.get("/")
+    async def index() -> Any:
+        return await send_from_directory(STATIC_DIR, "index.html")
+
+    @app.get("/client.js")
+    async def client_script() -> Any:
+        return await send_from_directory(STATIC_DIR, "broker-client.js", mimetype="text/javascript")
+
+    @app.get("/static/<path:name>")
+    async def static_file(name: str) -> Any:
+        return await send_from_directory(STATIC_DIR, name)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/stats")
+    async def stats() -> Response:
+        payload = asdict(hub.statistics())
+        if extra_stats is not None:
+            payload.update(extra_stats())
+        return _json(payload)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        code = (error.name or "error").lower().replace(" ", "_")
+        response = _json(
+            {"error": error.description or error.name, "code": code}, error.code or 500
+        )
+        if error.code == 405:
+            allow = getattr(error, "valid_methods", None)
+            if allow:
+                response.headers["Allow"] = ", ".join(allow)
+        return response
+
+    return app

@@ -1,0 +1,181 @@
+"""The hot routes for connections hypercorn serves (kept-alive after a page, later TLS and
+HTTP/2): the same routing, decoding and hub calls as the data plane, over ASGI.
+
+This path costs more per delivery than the data plane (every chunk goes through hypercorn),
+but it means a request never depends on which connection it arrived on: a page's ``fetch``
+that reuses the connection the page came on publishes exactly like a fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import trio
+
+from . import codecs
+from .dataplane import Limits, resume_id
+from .errors import ClientError, MethodNotAllowed, PayloadTooLarge
+from .hub import Hub
+from .routes import Route, match
+from .sse import PREAMBLE, SseCodec
+from .subscriber import SinkBroken, Subscriber
+from .topics import check_event_type
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class AsgiSink:
+    """A subscriber sink over an ASGI ``send``: nothing is written synchronously."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+
+    def send_nowait(self, data: bytes | memoryview) -> int:
+        return 0
+
+    async def send(self, data: bytes | memoryview) -> int:
+        try:
+            await self._send({"type": "http.response.body", "body": bytes(data), "more_body": True})
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise SinkBroken("client gone") from None
+        return len(data)
+
+
+class HotRoutes:
+    """ASGI middleware: hot routes here, everything else to the wrapped app."""
+
+    def __init__(self, app: Any, hub: Hub, limits: Limits) -> None:
+        self.app = app
+        self.hub = hub
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        target = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        try:
+            route = match(
+                scope["method"], target, max_topics=self.limits.max_topics_per_subscription
+            )
+        except ClientError as error:
+            await _answer_error(send, error)
+            return
+        if route is None or route.kind == "ws":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if route.kind == "sse":
+            await self._sse(scope, receive, send, route, headers)
+        else:
+            await self._publish(receive, send, route, headers)
+
+    async def _publish(
+        self, receive: Any, send: Any, route: Route, headers: dict[str, str]
+    ) -> None:
+        try:
+            body = await _read_body(receive, self.limits.max_body_bytes)
+            content_type = headers.get("content-type")
+            if route.kind == "batch":
+                events = self.hub.publish_batch_nowait(codecs.decode_batch(content_type, body))
+                payload: dict[str, Any] = {"ids": [e.id for e in events]}
+            else:
+                event_type = check_event_type(route.param("event"))
+                data, is_json = codecs.decode_body(content_type, body)
+                event = self.hub.publish_nowait(
+                    route.topics[0], data, event_type=event_type, is_json=is_json
+                )
+                payload = {"id": event.id, "topic": event.topic}
+        except _ClientGone:
+            return
+        except ClientError as error:
+            await _answer_error(send, error)
+            return
+        await _answer_json(send, 202, payload)
+
+    async def _sse(
+        self, scope: Scope, receive: Any, send: Any, route: Route, headers: dict[str, str]
+    ) -> None:
+        try:
+            resume_from = resume_id(route, headers)
+        except ClientError as error:
+            await _answer_error(send, error)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        await send({"type": "http.response.body", "body": PREAMBLE, "more_body": True})
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return
+        limits = self.limits
+        async with trio.open_nursery() as nursery:
+            subscriber = Subscriber(
+                sink=AsgiSink(send),
+                codec=SseCodec(envelope=route.flag("envelope")),
+                nursery=nursery,
+                cancel_scope=nursery.cancel_scope,
+                position="",
+                max_events=limits.queue_events,
+                max_bytes=limits.queue_bytes,
+                send_timeout=limits.send_timeout,
+                name=f"sse(asgi) {scope.get('client')}",
+            )
+            with self.hub.subscribe(subscriber, route.topics, resume_from=resume_from):
+                # hypercorn's send() keeps succeeding after the client left; the disconnect
+                # message is the only reliable signal (shared/SSE.md).
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                subscriber.end("gone")
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+async def _read_body(receive: Any, max_bytes: int) -> bytes:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        body += message.get("body", b"")
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"body is over the limit of {max_bytes} bytes")
+        if not message.get("more_body"):
+            return bytes(body)
+
+
+async def _answer_json(
+    send: Any, status: int, payload: Any, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    await _answer(send, status, body, extra)
+
+
+async def _answer_error(send: Any, error: ClientError) -> None:
+    extra = [(b"allow", error.allow.encode())] if isinstance(error, MethodNotAllowed) else None
+    await _answer(send, error.status, error.body(), extra)
+
+
+async def _answer(
+    send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,93 @@
+"""``broker run|pub|sub``: argument parsing and exit codes; no broker logic here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from functools import partial
+
+import trio
+
+from .config import Settings, load_settings
+from .errors import ConfigError
+from .server import RunningServer, serve
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="broker run", description="Run one broker.")
+    parser.add_argument("--config", help="a config.toml (default: ./config.toml if present)")
+    parser.add_argument("--host", help="listen address (overrides [server] host)")
+    parser.add_argument("--port", type=int, help="listen port, 0 for any (overrides [server] port)")
+    return parser
+
+
+def settings_from_args(argv: list[str], environ: dict[str, str]) -> Settings:
+    """Parse ``broker run`` flags into settings (config file, environment, flags)."""
+    args = _run_parser().parse_args(argv)
+    path = args.config
+    if path is None and os.path.exists("config.toml"):
+        path = "config.toml"
+    server: dict[str, object] = {}
+    if args.host is not None:
+        server["host"] = args.host
+    if args.port is not None:
+        server["port"] = args.port
+    return load_settings(path, environ=environ, overrides={"server": server} if server else None)
+
+
+async def _run(settings: Settings) -> None:
+    async with trio.open_nursery() as nursery:
+        server: RunningServer = await nursery.start(serve, settings)
+        print(f"broker: listening on {server.url}", file=sys.stderr, flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                server.request_shutdown()
+                break
+
+
+def run_main(argv: list[str]) -> int:
+    try:
+        settings = settings_from_args(argv, dict(os.environ))
+    except ConfigError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        trio.run(partial(_run, settings))
+    except OSError as exc:  # e.g. the port is taken
+        print(
+            f"broker: cannot serve on {settings.server.host}:{settings.server.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``broker`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    commands = "run, pub, sub"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: broker {{{commands}}} ...  (broker COMMAND --help for details)")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        return run_main(rest)
+    if command in ("pub", "sub"):
+        try:
+            from broker_client import _cli  # the client library ships the CLI
+        except ImportError:
+            print(
+                "broker: the client library is not installed (pip install -e clients/python)",
+                file=sys.stderr,
+            )
+            return 2
+        return _cli.pub_main(rest) if command == "pub" else _cli.sub_main(rest)
+    print(f"broker: unknown command {command!r}; use one of {commands}", file=sys.stderr)
+    return 2

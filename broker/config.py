@@ -1,0 +1,193 @@
+"""Settings: ``config.toml``, then ``BROKER_*`` environment, then CLI flags (sans-IO).
+
+Parsed once at the edge into frozen dataclasses, one per TOML table. Every value is
+validated and a bad one raises :class:`ConfigError` naming the key, which ``broker run``
+turns into one line on stderr and exit code 2. The environment is a parameter so tests
+pass a dict. Environment names are ``BROKER_<TABLE>_<KEY>``, e.g. ``BROKER_SERVER_PORT``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _range(low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    return {"low": low, "high": high}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """``[server]``: where the public port listens."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=8080, metadata=_range(0, 65535))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """``[stream]``: subscriber streams and their queues."""
+
+    heartbeat_seconds: float = field(default=15.0, metadata=_range(0.05, 3600))
+    retry_ms: int = field(default=3000, metadata=_range(0, 3_600_000))
+    queue_events: int = field(default=1024, metadata=_range(1, 10_000_000))
+    queue_bytes: int = field(default=4 * 1024 * 1024, metadata=_range(1024, 1 << 40))
+    send_timeout_seconds: float = field(default=30.0, metadata=_range(0.05, 3600))
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySettings:
+    """``[history]``: what is kept for resume."""
+
+    size: int = field(default=1000, metadata=_range(0, 10_000_000))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """``[limits]``: request limits."""
+
+    max_body_bytes: int = field(default=1024 * 1024, metadata=_range(1, 1 << 32))
+    max_head_bytes: int = field(default=16 * 1024, metadata=_range(1024, 1 << 24))
+    idle_timeout_seconds: float = field(default=60.0, metadata=_range(0.05, 86400))
+    max_topics_per_subscription: int = field(default=64, metadata=_range(1, 100_000))
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownSettings:
+    """``[shutdown]``: how long streams get to flush their final notice."""
+
+    grace_seconds: float = field(default=1.0, metadata=_range(0, 600))
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """``[log]``."""
+
+    level: str = field(default="info", metadata={"choices": ("debug", "info", "warning", "error")})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of one broker process."""
+
+    server: ServerSettings = ServerSettings()
+    stream: StreamSettings = StreamSettings()
+    history: HistorySettings = HistorySettings()
+    limits: LimitSettings = LimitSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+    log: LogSettings = LogSettings()
+
+    def replace(self, **tables: Mapping[str, Any]) -> Settings:
+        """A copy with some values changed: ``settings.replace(server={"port": 0})``."""
+        document = {name: _as_dict(table) for name, table in _as_dict(self).items()}
+        for name, values in tables.items():
+            document[name].update(values)
+        return _build(document, "override")
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def _coerce(where: str, value: Any, default: Any, meta: Mapping[str, Any]) -> Any:
+    kind = type(default)
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        try:
+            value = int(text) if kind is int else float(text) if kind is float else text
+        except ValueError:
+            raise ConfigError(f"{where}: expected a {kind.__name__}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) != isinstance(default, bool):
+        raise ConfigError(f"{where}: expected a {kind.__name__}, got {value!r}")
+    low, high = meta.get("low"), meta.get("high")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{where}: {value!r} is out of range [{low}, {high}]")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _build(document: Mapping[str, Any], source: str) -> Settings:
+    tables: dict[str, Any] = {}
+    for table_field in fields(Settings):
+        table_cls = type(table_field.default)
+        raw = document.get(table_field.name, {})
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{source}: [{table_field.name}] must be a table")
+        known = {f.name: f for f in fields(table_cls)}
+        unknown = set(raw) - set(known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key [{table_field.name}] {sorted(unknown)[0]}")
+        values = {}
+        for name, value in raw.items():
+            spec = known[name]
+            values[name] = _coerce(
+                f"{source}: [{table_field.name}] {name}", value, spec.default, spec.metadata
+            )
+        tables[table_field.name] = table_cls(**values)
+    unknown_tables = set(document) - {f.name for f in fields(Settings)}
+    if unknown_tables:
+        raise ConfigError(f"{source}: unknown table [{sorted(unknown_tables)[0]}]")
+    return Settings(**tables)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build the settings from a TOML file, the environment and flag overrides.
+
+    Args:
+        path: a ``config.toml``; ``None`` uses the defaults alone.
+        environ: the environment (``os.environ`` in production, a dict in tests).
+        overrides: ``{"server": {"port": 0}}`` from command-line flags; wins over all.
+
+    Raises:
+        ConfigError: naming the file, table and key of the first bad value.
+    """
+    document: dict[str, dict[str, Any]] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as file:
+                document = tomllib.load(file)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    settings = _build(document, source)
+    merged = {k: dict(v) for k, v in _as_dict(settings).items() for v in [_as_dict(v)]}
+    for name, value in (environ or {}).items():
+        if not name.startswith("BROKER_"):
+            continue
+        table, _, key = name[len("BROKER_") :].lower().partition("_")
+        if table not in merged or key not in merged[table]:
+            raise ConfigError(f"environment: unknown variable {name}")
+        merged[table][key] = _coerce(
+            f"environment: {name}",
+            value,
+            getattr(getattr(Settings(), table), key),
+            {f.name: f for f in fields(type(getattr(Settings(), table)))}[key].metadata,
+        )
+    for table, values in (overrides or {}).items():
+        merged[table].update(values)
+    settings = _build(merged, "flags" if overrides else source)
+    if settings.limits.max_body_bytes * 2 > settings.stream.queue_bytes:
+        raise ConfigError(
+            f"{source}: [stream] queue_bytes must be at least twice [limits] max_body_bytes"
+        )
+    return settings
+
+
+__all__ = ["Settings", "load_settings"]

@@ -1,0 +1,258 @@
+"""The data plane: publish and subscribe on plain Trio, every other request to hypercorn.
+
+Why a data plane of our own (figures in README "Why two planes", from shared/PERF.md): a
+delivery through quart-trio's streaming response costs 188-312 µs of CPU and a publish
+through Quart 0.9-2 ms; a write straight to the socket costs 11-14 µs. So the broker's
+listener reads each request head itself (h11), serves the hot routes here, and hands any
+other connection, with the bytes already read, to hypercorn serving the quart-trio app.
+
+A connection is served here request by request (keep-alive). Once a request is not hot,
+the whole connection belongs to hypercorn for the rest of its life.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from . import codecs
+from .errors import BadEventId, ClientError, LengthRequired, PayloadTooLarge
+from .hub import Hub
+from .request import (
+    ConnectionDone,
+    Request,
+    RequestReader,
+    error_response,
+    json_response,
+)
+from .routes import Route, match
+from .sse import PREAMBLE, SseCodec
+from .subscriber import SocketSink, Subscriber
+from .topics import check_event_type
+
+log = logging.getLogger(__name__)
+
+SSE_HEAD: Final = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/event-stream; charset=utf-8\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"X-Accel-Buffering: no\r\n"
+    b"\r\n"
+)
+
+Handoff = Callable[[trio.SocketStream, bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The data plane's limits (from ``[limits]`` and ``[stream]`` in config)."""
+
+    max_body_bytes: int = 1024 * 1024
+    max_head_bytes: int = 16 * 1024
+    idle_timeout: float = 60.0
+    queue_events: int = 1024
+    queue_bytes: int = 4 * 1024 * 1024
+    send_timeout: float = 30.0
+    max_topics_per_subscription: int = 64
+
+
+def resume_id(route: Route, headers: dict[str, str]) -> str | None:
+    """The id a subscriber resumes from: ``Last-Event-ID`` header, else the query.
+
+    Raises:
+        BadEventId: a header value that could never be an id (too long).
+    """
+    value = headers.get("last-event-id")
+    if value is None:
+        value = route.param("last_event_id")
+    if value is None or value.strip() == "":
+        return None
+    if len(value) > 1024:
+        raise BadEventId("Last-Event-ID is longer than 1024 characters")
+    return value.strip()
+
+
+class DataPlane:
+    """Serves connections accepted on the public port.
+
+    Args:
+        hub: the hub to publish to and subscribe on.
+        limits: request and queue limits.
+        handoff: serves the rest of a connection with hypercorn.
+    """
+
+    def __init__(self, hub: Hub, limits: Limits, handoff: Handoff) -> None:
+        self.hub = hub
+        self.limits = limits
+        self.handoff = handoff
+        self.connections = 0
+        self.streams = 0
+        self._waiting: set[trio.CancelScope] = set()
+        self._closing = False
+
+    def close_idle(self) -> None:
+        """Close connections that are waiting for their next request (shutdown)."""
+        self._closing = True
+        for scope in self._waiting:
+            scope.cancel()
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        """Serve one accepted connection until it closes; always closes it."""
+        self.connections += 1
+        handed_off = False
+        try:
+            handed_off = await self._serve(stream)
+        finally:
+            self.connections -= 1
+            if not handed_off:
+                await trio.aclose_forcefully(stream)
+
+    async def _serve(self, stream: trio.SocketStream) -> bool:
+        limits = self.limits
+        reader = RequestReader(
+            stream, max_head_bytes=limits.max_head_bytes, idle_timeout=limits.idle_timeout
+        )
+        while not self._closing:
+            with trio.CancelScope() as waiting:
+                self._waiting.add(waiting)
+                try:
+                    request = await reader.next_request()
+                except ConnectionDone:
+                    return False
+                except ClientError as error:
+                    await _send_quietly(stream, error_response(error, keep_alive=False))
+                    return False
+                finally:
+                    self._waiting.discard(waiting)
+            if waiting.cancelled_caught:
+                return False
+            try:
+                route = match(
+                    request.method,
+                    request.target,
+                    max_topics=limits.max_topics_per_subscription,
+                )
+            except ClientError as error:
+                if request.method in ("GET", "HEAD"):
+                    reader.finish_bodyless(request)
+                    keep_alive = request.keep_alive
+                else:
+                    keep_alive = False
+                await _send_quietly(stream, error_response(error, keep_alive=keep_alive))
+                if not keep_alive:
+                    return False
+                continue
+            if route is None:
+                await self.handoff(stream, request.raw)
+                return True
+            if route.kind == "sse":
+                await self._serve_sse(stream, reader, request, route)
+                return False
+            if route.kind == "ws":
+                await self.handoff(stream, request.raw)
+                return True
+            answer, keep_alive = await self._publish(reader, request, route)
+            try:
+                await stream.send_all(answer)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+            if not keep_alive:
+                return False
+        return False
+
+    async def _publish(
+        self, reader: RequestReader, request: Request, route: Route
+    ) -> tuple[bytes, bool]:
+        keep_alive = request.keep_alive
+        try:
+            try:
+                body = await reader.read_body(request, self.limits.max_body_bytes)
+            except (PayloadTooLarge, LengthRequired):
+                keep_alive = False  # the body was not read: the framing is lost
+                raise
+            content_type = request.headers.get("content-type")
+            if route.kind == "batch":
+                items = codecs.decode_batch(content_type, body)
+                events = self.hub.publish_batch_nowait(items)
+                return json_response(
+                    202, {"ids": [e.id for e in events]}, keep_alive=keep_alive
+                ), keep_alive
+            event_type = check_event_type(route.param("event"))
+            data, is_json = codecs.decode_body(content_type, body)
+            event = self.hub.publish_nowait(
+                route.topics[0], data, event_type=event_type, is_json=is_json
+            )
+            return json_response(
+                202, {"id": event.id, "topic": event.topic}, keep_alive=keep_alive
+            ), keep_alive
+        except ConnectionDone:
+            return b"", False
+        except ClientError as error:
+            return error_response(error, keep_alive=keep_alive), keep_alive
+
+    async def _serve_sse(
+        self, stream: trio.SocketStream, reader: RequestReader, request: Request, route: Route
+    ) -> None:
+        reader.finish_bodyless(request)
+        try:
+            resume_from = resume_id(route, request.headers)
+        except ClientError as error:
+            await _send_quietly(stream, error_response(error, keep_alive=False))
+            return
+        try:
+            await stream.send_all(SSE_HEAD + PREAMBLE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        if request.method == "HEAD":
+            return
+        limits = self.limits
+        sock = stream.socket
+        self.streams += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                subscriber = Subscriber(
+                    sink=SocketSink(sock),
+                    codec=SseCodec(envelope=route.flag("envelope")),
+                    nursery=nursery,
+                    cancel_scope=nursery.cancel_scope,
+                    position="",
+                    max_events=limits.queue_events,
+                    max_bytes=limits.queue_bytes,
+                    send_timeout=limits.send_timeout,
+                    name=_peer_name(sock),
+                )
+                with self.hub.subscribe(subscriber, route.topics, resume_from=resume_from):
+                    await _wait_until_closed(sock)
+                    subscriber.end("gone")
+        finally:
+            self.streams -= 1
+
+
+async def _wait_until_closed(sock: trio.socket.SocketType) -> None:
+    """Return when the client closes its side (bytes it sends meanwhile are ignored)."""
+    while True:
+        try:
+            data = await sock.recv(4096)
+        except OSError:
+            return
+        if not data:
+            return
+
+
+async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+def _peer_name(sock: trio.socket.SocketType) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "subscriber"
+    return f"sse {host}:{port}"

@@ -1,0 +1,101 @@
+"""The broker's error tree, mapped to HTTP answers in one place (the edges).
+
+    BrokerError
+    ├── ClientError                 the request is wrong; answered with ``status`` and ``code``
+    │   ├── BadRequest              400 bad_request (malformed body, bad UTF-8, empty batch …)
+    │   ├── BadTopic                400 bad_topic
+    │   ├── BadEventType            400 bad_event_type
+    │   ├── BadEventId              400 bad_event_id
+    │   ├── NotFound                404 not_found
+    │   ├── MethodNotAllowed        405 method_not_allowed
+    │   ├── LengthRequired          411 length_required
+    │   ├── PayloadTooLarge         413 payload_too_large
+    │   ├── HeadersTooLarge         431 headers_too_large
+    │   └── UnsupportedMediaType    415 unsupported_media_type
+    └── ConfigError                 a bad config file, environment variable or flag (exit 2)
+
+Every client error renders as ``{"error": message, "code": code}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+
+class BrokerError(Exception):
+    """Base class of every error the broker raises on purpose."""
+
+
+class ClientError(BrokerError):
+    """The client sent something the broker will not accept."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> bytes:
+        """The JSON body of the HTTP answer."""
+        payload = {"error": self.message, "code": self.code}
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class BadRequest(ClientError):
+    status = 400
+    code = "bad_request"
+
+
+class BadTopic(ClientError):
+    status = 400
+    code = "bad_topic"
+
+
+class BadEventType(ClientError):
+    status = 400
+    code = "bad_event_type"
+
+
+class BadEventId(ClientError):
+    status = 400
+    code = "bad_event_id"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+class LengthRequired(ClientError):
+    status = 411
+    code = "length_required"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "payload_too_large"
+
+
+class HeadersTooLarge(ClientError):
+    status = 431
+    code = "headers_too_large"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ConfigError(BrokerError):
+    """A configuration value is invalid; the message names the key."""

@@ -1,0 +1,100 @@
+"""A subscriber's overflow queue: bounded by count and bytes, dropping the oldest (sans-IO).
+
+Theory of operation. The hot path writes an event straight to an idle subscriber's socket
+(see ``subscriber.py``); only what the kernel does not take lands here. While anything is
+queued, newer events queue behind it, so per-subscriber order holds.
+
+When a put would exceed ``max_events`` or ``max_bytes``, the *oldest* queued frames are
+dropped (never the newest, and the publisher never waits). The drops are counted; the next
+:meth:`Mailbox.take` reports the count so the writer can put a ``broker.dropped`` notice in
+front of the batch. Because drops always come off the head of the queue, and the head is
+always the event right after the last one handed to the kernel, every dropped event lies
+between the subscriber's current position and the first frame of that batch: the notice
+names exactly what was lost. Bytes already in the kernel, or a partly written frame, are
+never in here and never dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStatistics:
+    """A snapshot of one mailbox.
+
+    Attributes:
+        depth: frames queued now.
+        depth_bytes: bytes queued now.
+        peak: the largest depth seen.
+        dropped: frames dropped since the mailbox was made.
+    """
+
+    depth: int
+    depth_bytes: int
+    peak: int
+    dropped: int
+
+
+class Mailbox:
+    """Pending frames of one subscriber, with their event ids.
+
+    Args:
+        max_events: most frames held; at least 1.
+        max_bytes: most bytes held; one frame larger than this is still held alone.
+    """
+
+    __slots__ = ("_frames", "_unreported", "bytes", "dropped", "max_bytes", "max_events", "peak")
+
+    def __init__(self, *, max_events: int, max_bytes: int) -> None:
+        self.max_events = max(1, max_events)
+        self.max_bytes = max_bytes
+        self._frames: deque[tuple[bytes, str]] = deque()
+        self.bytes = 0
+        self.peak = 0
+        self.dropped = 0
+        self._unreported = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def put_nowait(self, frame: bytes, event_id: str) -> None:
+        """Queue a frame; drop the oldest ones if the bounds are exceeded. Never blocks."""
+        frames = self._frames
+        frames.append((frame, event_id))
+        self.bytes += len(frame)
+        while len(frames) > 1 and (len(frames) > self.max_events or self.bytes > self.max_bytes):
+            old, _ = frames.popleft()
+            self.bytes -= len(old)
+            self.dropped += 1
+            self._unreported += 1
+        if len(frames) > self.peak:
+            self.peak = len(frames)
+
+    def take(self, max_bytes: int) -> tuple[list[bytes], str | None, int]:
+        """Remove the oldest frames, up to about ``max_bytes`` (at least one).
+
+        Returns:
+            ``(frames, last_id, dropped)``: the frames, the event id of the last one
+            (``None`` if empty), and how many frames were dropped since the last take.
+        """
+        frames = self._frames
+        taken: list[bytes] = []
+        last_id: str | None = None
+        size = 0
+        while frames and (not taken or size + len(frames[0][0]) <= max_bytes):
+            frame, last_id = frames.popleft()
+            taken.append(frame)
+            size += len(frame)
+        self.bytes -= size
+        dropped, self._unreported = self._unreported, 0
+        return taken, last_id, dropped
+
+    def clear(self) -> None:
+        """Forget everything queued (the connection is gone)."""
+        self._frames.clear()
+        self.bytes = 0
+
+    def statistics(self) -> MailboxStatistics:
+        return MailboxStatistics(len(self._frames), self.bytes, self.peak, self.dropped)

@@ -1,0 +1,93 @@
+"""Which request is which: the hot routes of the data plane (sans-IO).
+
+Both the lean data plane and the ASGI side (connections hypercorn serves: kept-alive after
+a page, TLS, HTTP/2) route with :func:`match`, so a request means the same on both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import parse_qs, unquote
+
+from .errors import BadRequest, MethodNotAllowed
+from .topics import check_topic
+
+Kind = Literal["publish", "batch", "sse", "ws"]
+MAX_TOPICS_PER_REQUEST = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A matched hot request.
+
+    Attributes:
+        kind: publish (one event), batch, sse or ws (subscribe).
+        topics: the topics named (one for publish).
+        query: the decoded query string, every value a list.
+    """
+
+    kind: Kind
+    topics: tuple[str, ...]
+    query: dict[str, list[str]]
+
+    def param(self, name: str) -> str | None:
+        """The last value of a query parameter, or ``None``."""
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    def flag(self, name: str) -> bool:
+        return (self.param(name) or "").lower() in ("1", "true", "yes", "on")
+
+
+def split_target(target: str) -> tuple[str, str]:
+    path, _, query = target.partition("?")
+    return path, query
+
+
+def match(method: str, target: str, *, max_topics: int = MAX_TOPICS_PER_REQUEST) -> Route | None:
+    """Match a request to a hot route, or ``None`` for everything else (pages, stats …).
+
+    Raises:
+        BadTopic: a hot path names an invalid topic.
+        BadRequest: a subscribe request names no topic, or too many.
+        MethodNotAllowed: a hot path with the wrong method.
+    """
+    path, query_string = split_target(target)
+    if path.startswith("/topics/"):
+        rest = path[len("/topics/") :]
+        if rest.endswith("/events"):
+            kind: Kind = "sse"
+            topic = rest[: -len("/events")]
+            allow = "GET"
+        elif rest.endswith("/ws"):
+            kind = "ws"
+            topic = rest[: -len("/ws")]
+            allow = "GET"
+        else:
+            kind = "publish"
+            topic = rest
+            allow = "POST"
+        if method != allow and not (allow == "GET" and method == "HEAD"):
+            raise MethodNotAllowed(f"{path} accepts {allow}", allow)
+        topics: tuple[str, ...] = (check_topic(unquote(topic)),)
+    elif path == "/publish":
+        if method != "POST":
+            raise MethodNotAllowed("/publish accepts POST", "POST")
+        kind, topics = "batch", ()
+    elif path in ("/events", "/ws"):
+        if method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"{path} accepts GET", "GET")
+        kind = "sse" if path == "/events" else "ws"
+        topics = ()
+    else:
+        return None
+    query = parse_qs(query_string, keep_blank_values=True) if query_string else {}
+    if kind in ("sse", "ws") and not topics:
+        named = query.get("topic", [])
+        if not named:
+            raise BadRequest(f"name at least one topic: {path}?topic=a&topic=b")
+        topics = tuple(dict.fromkeys(check_topic(t) for t in named))
+    if len(topics) > max_topics:
+        raise BadRequest(f"at most {max_topics} topics per subscription")
+    return Route(kind, topics, query)

@@ -1,0 +1,143 @@
+"""The composition root: how a broker process starts, serves and stops.
+
+Start: the hub (with its heartbeat task), the quart-trio app behind hypercorn (lifespan
+started), then the public listener; readiness is reported with the bound URLs.
+
+Shutdown, in this order and only here:
+1. stop accepting connections;
+2. ``hub.close()``: every subscriber gets a ``broker.shutdown`` notice (jittered
+   ``retry:``) after what it has pending, and its stream ends;
+3. kept-alive connections waiting for a request are closed (data plane and hypercorn);
+4. what is still running gets ``grace_seconds`` before it is cancelled;
+5. the app's lifespan shutdown runs; the hub's tasks end.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+
+from .app import create_app
+from .asgi import HotRoutes
+from .config import Settings
+from .controlplane import ControlPlane
+from .dataplane import DataPlane, Limits
+from .hub import Hub, open_hub
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningServer:
+    """What :func:`serve` reports once it is serving.
+
+    Attributes:
+        urls: ``http://host:port`` for each bound address.
+        hub: the node's hub.
+        dataplane: the public listener's connection handler (connection counts).
+        control: the hypercorn side.
+    """
+
+    urls: list[str]
+    hub: Hub
+    dataplane: DataPlane
+    control: ControlPlane
+    _shutdown: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def request_shutdown(self) -> None:
+        """Begin the graceful shutdown (idempotent, callable from any task)."""
+        self._shutdown.set()
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_body_bytes=settings.limits.max_body_bytes,
+        max_head_bytes=settings.limits.max_head_bytes,
+        idle_timeout=settings.limits.idle_timeout_seconds,
+        queue_events=settings.stream.queue_events,
+        queue_bytes=settings.stream.queue_bytes,
+        send_timeout=settings.stream.send_timeout_seconds,
+        max_topics_per_subscription=settings.limits.max_topics_per_subscription,
+    )
+
+
+def _url(sockname: Any) -> str:
+    host, port = sockname[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(
+    settings: Settings, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run one broker until :meth:`RunningServer.request_shutdown` (or cancellation).
+
+    Use as ``server = await nursery.start(serve, settings)``.
+    """
+    limits = limits_from(settings)
+    grace = settings.shutdown.grace_seconds
+    async with open_hub(
+        heartbeat_seconds=settings.stream.heartbeat_seconds,
+        history_size=settings.history.size,
+        retry_ms=settings.stream.retry_ms,
+    ) as hub:
+        running: RunningServer
+        app = create_app(hub, extra_stats=lambda: _connection_stats(running))
+        app.asgi_app = HotRoutes(app.asgi_app, hub, limits)  # type: ignore[method-assign]
+        control = ControlPlane(
+            app, keep_alive_timeout=settings.limits.idle_timeout_seconds, graceful_timeout=grace
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(control.run)
+            dataplane = DataPlane(hub, limits, control.serve)
+            listeners = await trio.open_tcp_listeners(
+                settings.server.port, host=settings.server.host
+            )
+            async with trio.open_nursery() as connections:
+                accepting = trio.CancelScope()
+                serve_listeners = partial(
+                    trio.serve_listeners,
+                    dataplane.handle_connection,
+                    listeners,
+                    handler_nursery=connections,
+                )
+
+                async def accept(*, task_status: trio.TaskStatus[Any]) -> None:
+                    with accepting:
+                        await serve_listeners(task_status=task_status)
+
+                bound = await nursery.start(accept)
+                urls = [_url(listener.socket.getsockname()) for listener in bound]
+                running = RunningServer(urls, hub, dataplane, control)
+                for url in urls:
+                    log.info("listening on %s (origin %s)", url, hub.origin)
+                task_status.started(running)
+                await running._shutdown.wait()
+
+                log.info("shutting down: %d streams open", dataplane.streams)
+                accepting.cancel()
+                hub.close()
+                dataplane.close_idle()
+                await control.stop_idle()
+                connections.cancel_scope.deadline = trio.current_time() + grace
+            nursery.cancel_scope.cancel()
+    log.info("stopped")
+
+
+def _connection_stats(server: RunningServer) -> dict[str, Any]:
+    return {
+        "connections": server.dataplane.connections,
+        "streams": server.dataplane.streams,
+        "handed_off_connections": server.control.connections,
+    }

@@ -1,0 +1,143 @@
+"""Real brokers for tests: in-process (same trio run) or as a separate process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from broker.config import Settings
+from broker.server import RunningServer, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Settings for tests: any free port, short shutdown grace.
+TEST_SETTINGS = Settings().replace(server={"port": 0}, shutdown={"grace_seconds": 0.5})
+
+
+@asynccontextmanager
+async def open_broker_server(**tables: Mapping[str, Any]) -> AsyncIterator[RunningServer]:
+    """Run a real broker on an ephemeral loopback port inside the current trio run.
+
+    Keyword arguments change settings per table: ``open_broker_server(stream={"queue_events":
+    4})``. The yielded object has ``.url``, ``.port``, ``.hub``, ``.dataplane``. On exit the
+    server shuts down gracefully and everything it started has ended.
+    """
+    settings = TEST_SETTINGS.replace(**tables) if tables else TEST_SETTINGS
+    async with trio.open_nursery() as nursery:
+        server: RunningServer = await nursery.start(serve, settings)
+        try:
+            yield server
+        finally:
+            server.request_shutdown()
+
+
+_LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+class BrokerProcess:
+    """A real ``python -m broker run`` process.
+
+    Args:
+        port: the port to bind; 0 picks a free one at the first start and keeps it for
+            restarts.
+        env: extra environment (``BROKER_*`` settings).
+        args: extra ``broker run`` arguments.
+    """
+
+    def __init__(
+        self, port: int = 0, env: Mapping[str, str] | None = None, args: list[str] | None = None
+    ) -> None:
+        self.port = port
+        self.env = dict(env or {})
+        self.args = list(args or [])
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 20.0) -> str:
+        """Start the process and wait until it listens; return its URL."""
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "BROKER_SHUTDOWN_GRACE_SECONDS": "0.5",
+            **self.env,
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "broker",
+            "run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + timeout
+        assert self.proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"broker exited: {''.join(self.log)}")
+            self.log.append(line)
+            found = _LISTENING.search(line)
+            if found:
+                self.url = found.group(1)
+                self.port = int(self.url.rsplit(":", 1)[1])
+                # Keep draining stderr so the process never blocks on a full pipe.
+                threading.Thread(target=self._drain, daemon=True).start()
+                return self.url
+        raise RuntimeError("broker did not start in time")
+
+    def _drain(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal the process and wait for it; return its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> str:
+        """Stop (SIGTERM) and start again on the same port."""
+        self.stop()
+        return self.start()
+
+    async def astart(self) -> str:
+        return await trio.to_thread.run_sync(self.start)
+
+    async def astop(self, sig: int = signal.SIGTERM) -> int:
+        return await trio.to_thread.run_sync(self.stop, sig)
+
+    async def arestart(self) -> str:
+        return await trio.to_thread.run_sync(self.restart)
+
+    def __enter__(self) -> BrokerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

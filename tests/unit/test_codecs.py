@@ -1,0 +1,60 @@
+import msgpack
+import pytest
+
+from broker import codecs
+from broker.errors import BadRequest, BadTopic, UnsupportedMediaType
+from broker.hub import PublishItem
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body", "expected"),
+    [
+        (None, b"hi", ("hi", False)),
+        ("text/plain", "값".encode(), ("값", False)),
+        ("Text/Plain; charset=UTF-8", b"x", ("x", False)),
+        ("application/json", '{ "a" : "값" }'.encode(), ('{ "a" : "값" }', True)),
+        ("application/json; charset=utf-8", b"[1]", ("[1]", True)),
+        ("application/msgpack", msgpack.packb({"a": [1, "값"]}), ('{"a":[1,"값"]}', True)),
+        ("application/x-msgpack", msgpack.packb("text"), ("text", False)),
+    ],
+)
+def test_decode_body(ctype, body, expected):
+    assert codecs.decode_body(ctype, body) == expected
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body", "error"),
+    [
+        ("application/json", b"{", BadRequest),
+        ("application/json", b"Infinity", BadRequest),
+        ("text/plain", b"\xff", BadRequest),
+        ("application/msgpack", b"\xc1", BadRequest),
+        ("application/msgpack", msgpack.packb({"b": b"\x00"}), BadRequest),
+        ("application/xml", b"<a/>", UnsupportedMediaType),
+        ("text/plain; charset=utf-16", b"x", UnsupportedMediaType),
+    ],
+)
+def test_decode_body_errors(ctype, body, error):
+    with pytest.raises(error):
+        codecs.decode_body(ctype, body)
+
+
+def test_decode_batch():
+    body = (
+        b'{"events": [{"topic": "a", "data": "t"}, {"topic": "b", "data": {"x": 1}, "event": "e"}]}'
+    )
+    assert codecs.decode_batch("application/json", body) == [
+        PublishItem("a", "t", None, False),
+        PublishItem("b", '{"x":1}', "e", True),
+    ]
+    packed = msgpack.packb({"events": [{"topic": "a", "data": [1]}]})
+    assert codecs.decode_batch("application/msgpack", packed) == [
+        PublishItem("a", "[1]", None, True)
+    ]
+
+
+def test_batch_errors_name_the_item():
+    with pytest.raises(BadTopic, match=r"events\[1\]"):
+        codecs.decode_batch(
+            "application/json", b'{"events": [{"topic": "a", "data": 1}, {"topic": "", "data": 1}]}'
+        )
