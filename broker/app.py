@@ -38,6 +38,14 @@ def create_app(hub: Hub, *, extra_stats: Callable[[], dict[str, Any]] | None = N
     """
     app = QuartTrio("broker", static_folder=None)
 
+    @app.after_request
+    async def revalidate_static(response: Response) -> Response:
+        # Pages and the client script must not outlive an upgrade in browser caches:
+        # browsers revalidate with Last-Modified/ETag instead of keeping them 12 hours.
+        if "max-age" in response.headers.get("Cache-Control", ""):
+            response.headers["Cache-Control"] = "no-cache"
+        return response
+
     @app.get("/")
     async def index() -> Any:
         return await send_from_directory(STATIC_DIR, "index.html")

@@ -58,6 +58,16 @@ class LimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    """``[websocket]``: the WebSocket fallback."""
+
+    ping_interval_seconds: float = field(default=15.0, metadata=_range(0.05, 3600))
+    ping_timeout_seconds: float = field(default=10.0, metadata=_range(0.05, 3600))
+    max_message_bytes: int = field(default=64 * 1024, metadata=_range(128, 1 << 30))
+    allow_publish: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownSettings:
     """``[shutdown]``: how long streams get to flush their final notice."""
 
@@ -79,6 +89,7 @@ class Settings:
     stream: StreamSettings = StreamSettings()
     history: HistorySettings = HistorySettings()
     limits: LimitSettings = LimitSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     log: LogSettings = LogSettings()
 
@@ -96,7 +107,12 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 def _coerce(where: str, value: Any, default: Any, meta: Mapping[str, Any]) -> Any:
     kind = type(default)
-    if isinstance(value, str) and kind is not str:
+    if isinstance(value, str) and kind is bool:
+        text = value.strip().lower()
+        if text not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        value = text in ("true", "1", "yes", "on")
+    elif isinstance(value, str) and kind is not str:
         text = value.strip()
         try:
             value = int(text) if kind is int else float(text) if kind is float else text

@@ -33,6 +33,7 @@ from .routes import Route, match
 from .sse import PREAMBLE, SseCodec
 from .subscriber import SocketSink, Subscriber
 from .topics import check_event_type
+from .wsconnection import WsOptions, serve_websocket
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,14 @@ class DataPlane:
         hub: the hub to publish to and subscribe on.
         limits: request and queue limits.
         handoff: serves the rest of a connection with hypercorn.
+        ws_options: WebSocket settings.
     """
 
-    def __init__(self, hub: Hub, limits: Limits, handoff: Handoff) -> None:
+    def __init__(
+        self, hub: Hub, limits: Limits, handoff: Handoff, ws_options: WsOptions | None = None
+    ) -> None:
         self.hub = hub
+        self.ws_options = ws_options or WsOptions()
         self.limits = limits
         self.handoff = handoff
         self.connections = 0
@@ -153,8 +158,8 @@ class DataPlane:
                 await self._serve_sse(stream, reader, request, route)
                 return False
             if route.kind == "ws":
-                await self.handoff(stream, request.raw)
-                return True
+                await self._serve_websocket(stream, request, route)
+                return False
             answer, keep_alive = await self._publish(reader, request, route)
             try:
                 await stream.send_all(answer)
@@ -193,6 +198,33 @@ class DataPlane:
             return b"", False
         except ClientError as error:
             return error_response(error, keep_alive=keep_alive), keep_alive
+
+    async def _serve_websocket(
+        self, stream: trio.SocketStream, request: Request, route: Route
+    ) -> None:
+        try:
+            resume_from = resume_id(route, request.headers)
+        except ClientError as error:
+            await _send_quietly(stream, error_response(error, keep_alive=False))
+            return
+        limits = self.limits
+        self.streams += 1
+        try:
+            await serve_websocket(
+                stream,
+                request.raw,
+                request.after_head,
+                route,
+                hub=self.hub,
+                options=self.ws_options,
+                queue_events=limits.queue_events,
+                queue_bytes=limits.queue_bytes,
+                send_timeout=limits.send_timeout,
+                max_topics=limits.max_topics_per_subscription,
+                resume_from=resume_from,
+            )
+        finally:
+            self.streams -= 1
 
     async def _serve_sse(
         self, stream: trio.SocketStream, reader: RequestReader, request: Request, route: Route

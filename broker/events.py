@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from . import sse
+from . import sse, websocket
 
 
 class Event:
@@ -37,6 +37,8 @@ class Event:
         "_envelope",
         "_msgpack",
         "_sse_envelope",
+        "_ws_binary",
+        "_ws_text",
         "data",
         "event_type",
         "id",
@@ -75,6 +77,8 @@ class Event:
         self._envelope: str | None = None
         self._sse_envelope: bytes | None = None
         self._msgpack: bytes | None = None
+        self._ws_text: bytes | None = None
+        self._ws_binary: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<Event {self.topic} {self.id} {self.event_type or ''}>"
@@ -117,3 +121,19 @@ class Event:
                 }
             )
         return packed
+
+    def ws_text(self) -> bytes:
+        """The WebSocket text frame carrying the JSON envelope."""
+        frame = self._ws_text
+        if frame is None:
+            frame = self._ws_text = websocket.encode_frame(
+                websocket.OP_TEXT, self.envelope().encode()
+            )
+        return frame
+
+    def ws_binary(self) -> bytes:
+        """The WebSocket binary frame carrying the msgpack envelope."""
+        frame = self._ws_binary
+        if frame is None:
+            frame = self._ws_binary = websocket.encode_frame(websocket.OP_BINARY, self.msgpack())
+        return frame

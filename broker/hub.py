@@ -79,6 +79,8 @@ class Hub:
         history_size: events kept per topic for resume.
         retry_ms: the reconnection delay sent to clients; shutdown notices jitter it.
         origin: this node's origin token (a fresh one by default).
+        heartbeat_seconds: announced in ``broker.start`` so clients can size their
+            silence timeout (the heartbeat task itself runs in :func:`open_hub`).
     """
 
     def __init__(
@@ -87,8 +89,10 @@ class Hub:
         history_size: int = 1000,
         retry_ms: int = DEFAULT_RETRY_MS,
         origin: str | None = None,
+        heartbeat_seconds: float = 15.0,
     ) -> None:
         self.history_size = history_size
+        self.heartbeat_seconds = heartbeat_seconds
         self.retry_ms = retry_ms
         self.origin = origin or positions.new_origin()
         self._seq = 0
@@ -223,7 +227,14 @@ class Hub:
         if resume_from is None:
             subscriber.position = current
             start = codec.notice(
-                "broker.start", current, {"position": current, "resumed": False}, self.retry_ms
+                "broker.start",
+                current,
+                {
+                    "position": current,
+                    "resumed": False,
+                    "heartbeat_seconds": self.heartbeat_seconds,
+                },
+                self.retry_ms,
             )
             return (start, current), []
         try:
@@ -247,7 +258,14 @@ class Hub:
         subscriber.position = start_id
         if exact:
             notice = codec.notice(
-                "broker.start", start_id, {"position": start_id, "resumed": True}, self.retry_ms
+                "broker.start",
+                start_id,
+                {
+                    "position": start_id,
+                    "resumed": True,
+                    "heartbeat_seconds": self.heartbeat_seconds,
+                },
+                self.retry_ms,
             )
         else:
             reason = "unknown" if unknown else "evicted"
@@ -275,9 +293,11 @@ class Hub:
 
     def _shutdown_notice(self, subscriber: Subscriber) -> bytes:
         retry_ms = int(self.retry_ms * random.uniform(0.5, 1.5))
-        return subscriber.codec.notice(
+        codec = subscriber.codec
+        notice = codec.notice(
             "broker.shutdown", subscriber.position, {"retry_ms": retry_ms}, retry_ms
         )
+        return notice + codec.goodbye
 
     @property
     def closed(self) -> bool:
@@ -310,7 +330,7 @@ async def open_hub(
         heartbeat_seconds: how often silent subscribers get a heartbeat.
         **hub_options: passed to :class:`Hub`.
     """
-    hub = Hub(**hub_options)  # type: ignore[arg-type]
+    hub = Hub(heartbeat_seconds=heartbeat_seconds, **hub_options)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_heartbeat_task, hub, heartbeat_seconds)
         try:

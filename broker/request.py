@@ -36,6 +36,7 @@ class Request:
         headers: lowercased names; repeated headers joined with ``", "``.
         keep_alive: whether the connection may serve another request after this one.
         raw: every byte received for this request so far (for a handoff to hypercorn).
+        after_head: the bytes received after the head (a body, or WebSocket frames).
     """
 
     method: str
@@ -43,6 +44,7 @@ class Request:
     headers: dict[str, str]
     keep_alive: bool
     raw: bytes
+    after_head: bytes
     _conn: h11.Connection
 
     @property
@@ -126,6 +128,7 @@ class RequestReader:
                     headers=headers,
                     keep_alive=keep_alive,
                     raw=raw,
+                    after_head=bytes(conn.trailing_data[0]),
                     _conn=conn,
                 )
             raise ConnectionDone("closed")

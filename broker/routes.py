@@ -85,7 +85,7 @@ def match(method: str, target: str, *, max_topics: int = MAX_TOPICS_PER_REQUEST)
     query = parse_qs(query_string, keep_blank_values=True) if query_string else {}
     if kind in ("sse", "ws") and not topics:
         named = query.get("topic", [])
-        if not named:
+        if not named and kind == "sse":  # a WebSocket may subscribe later, by command
             raise BadRequest(f"name at least one topic: {path}?topic=a&topic=b")
         topics = tuple(dict.fromkeys(check_topic(t) for t in named))
     if len(topics) > max_topics:

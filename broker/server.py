@@ -27,6 +27,7 @@ from .config import Settings
 from .controlplane import ControlPlane
 from .dataplane import DataPlane, Limits
 from .hub import Hub, open_hub
+from .wsconnection import WsOptions
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,14 @@ async def serve(
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(control.run)
-            dataplane = DataPlane(hub, limits, control.serve)
+            ws = settings.websocket
+            ws_options = WsOptions(
+                ping_interval=ws.ping_interval_seconds,
+                ping_timeout=ws.ping_timeout_seconds,
+                max_message_bytes=ws.max_message_bytes,
+                allow_publish=ws.allow_publish,
+            )
+            dataplane = DataPlane(hub, limits, control.serve, ws_options)
             listeners = await trio.open_tcp_listeners(
                 settings.server.port, host=settings.server.host
             )

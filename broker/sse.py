@@ -19,6 +19,13 @@ _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 #: No blank line follows, so no parser can mistake it for a data-less event.
 HEARTBEAT: Final = b":\n"
 
+#: The heartbeat of ``envelope=1`` streams: a real event a page can see (comments never
+#: reach JavaScript), without ``id:`` so the browser keeps its last event id.
+ENVELOPE_HEARTBEAT: Final = (
+    b"event: broker.heartbeat\n"
+    b'data: {"id":null,"topic":null,"event":"broker.heartbeat","data":{}}\n\n'
+)
+
 #: Sent once right after the response head, so `open` fires and proxies see bytes at once.
 PREAMBLE: Final = b": broker\n\n"
 
@@ -72,10 +79,11 @@ class SseCodec:
             sees every event of a multi-topic stream with its topic and type.
     """
 
-    heartbeat: Final = HEARTBEAT
+    goodbye: Final = b""
 
     def __init__(self, *, envelope: bool = False) -> None:
         self.envelope = envelope
+        self.heartbeat = ENVELOPE_HEARTBEAT if envelope else HEARTBEAT
         # Events carry their frames; picking the attribute avoids a call per delivery.
         self.frame = _sse_envelope_of if envelope else _sse_of
 

@@ -54,6 +54,7 @@ class Codec(Protocol):
     """Turns events and notices into one transport's frames."""
 
     heartbeat: bytes
+    goodbye: bytes
 
     def frame(self, event: Event) -> bytes: ...
 
@@ -104,6 +105,7 @@ class Subscriber:
     __slots__ = (
         "_backlog",
         "_cancel_scope",
+        "_control",
         "_final",
         "_nursery",
         "_tail",
@@ -149,6 +151,7 @@ class Subscriber:
         self._tail: bytes | memoryview = b""
         self._final: bytes | None = None
         self._backlog: deque[Event] = deque()
+        self._control: list[bytes] = []
         self.delivered = 0
         self.seen_writes = 0
         self.ended = False
@@ -178,6 +181,19 @@ class Subscriber:
             self.mailbox.put_nowait(frame, event_id)
         elif not self.ended:
             self.position = event_id
+            self._write_through(frame)
+
+    def send_control(self, frame: bytes) -> None:
+        """Send a per-connection frame that is never dropped (pong, ack, close).
+
+        It goes out right after any partly written frame, ahead of queued events, so it
+        never splits a frame on the wire.
+        """
+        if self.ended:
+            return
+        if self.busy:
+            self._control.append(frame)
+        else:
             self._write_through(frame)
 
     def replay(self, events: list[Event]) -> None:
@@ -220,6 +236,11 @@ class Subscriber:
         if not self.busy:
             self.end("closed")
 
+    @property
+    def closing(self) -> bool:
+        """A final frame is being flushed; the connection ends once it is written."""
+        return self._final is not None and not self.ended
+
     def end(self, reason: str) -> None:
         """End the connection now (idempotent); pending frames are discarded."""
         if self.ended:
@@ -248,6 +269,9 @@ class Subscriber:
         try:
             while not self.ended:
                 data = self._tail
+                if not data and self._control:
+                    data = b"".join(self._control)
+                    self._control.clear()
                 if not data and self._backlog:
                     data = self._take_backlog()
                 if not data:

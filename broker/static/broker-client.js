@@ -1,0 +1,517 @@
+/**
+ * broker-client.js: the browser client for broker (one dependency-free ES module).
+ *
+ *   import { subscribe, publish } from '/client.js';
+ *   const sub = subscribe('', ['jobs/42', 'alerts'], {
+ *     onEvent: (ev) => console.log(ev.id, ev.topic, ev.event, ev.data),
+ *     onStatus: (status, detail) => console.log(status, detail.transport),
+ *     onNotice: (notice) => console.warn(notice.type, notice.data),
+ *   });
+ *   await publish('', 'jobs/42', { stage: 'rerank', progress: 0.8 }, { event: 'progress' });
+ *   sub.close();
+ *
+ * Theory of operation
+ * -------------------
+ * One Subscription owns at most one live connection at a time: an EventSource on
+ * `/events?topic=..&envelope=1[&last_event_id=..]`, or a WebSocket on `/ws?topic=..`.
+ * Both deliver the same envelope `{id, topic, event, data}`. The browser's own EventSource
+ * reconnection is never used: on any error the EventSource is closed and this module
+ * reconnects itself, so the delay (jittered exponential backoff, or the broker's
+ * `broker.shutdown` retry_ms) and the resume point (`last_event_id` in the query) are ours.
+ *
+ * Every connection attempt gets a generation number; callbacks from an older generation are
+ * ignored, so a late event from a connection being torn down can never be delivered.
+ *
+ * Invariants:
+ * - `onEvent` never sees the same id twice (a bounded set of recent ids), across reconnects
+ *   and across the SSE→WebSocket switch.
+ * - `lastEventId` is the newest resume position the broker gave us: the id of the last event,
+ *   or the `id` of `broker.start` / `broker.reset` (stream position) and `broker.dropped`
+ *   (`resume_from`). Ids are opaque: stored and sent back, never parsed or compared.
+ * - A connection counts as open only once `broker.start` (or any frame) arrived.
+ *
+ * Transport choice (`transport: 'auto'`): SSE first; WebSocket when `window.EventSource` is
+ * missing, when an SSE stream sends nothing within `openTimeoutMs` (a buffering proxy), or
+ * when SSE streams go quiet past the heartbeat window twice in a row (the second one having
+ * delivered nothing after its start notice). After several SSE
+ * connection errors in a row the next attempt probes WebSocket once: if it opens the client
+ * stays there, if not the broker is simply down and the client goes back to SSE. Once a
+ * WebSocket has opened, the client stays on WebSocket.
+ *
+ * Quiet detection needs heartbeats the page can see. SSE comment heartbeats (`:`) are
+ * invisible to EventSource and WebSocket pings are invisible to JavaScript, so the window
+ * (2.5 × heartbeat seconds) is only armed once a `broker.heartbeat` event has been seen.
+ */
+
+export const VERSION = '0.1.0';
+
+/** The values `onStatus` reports. */
+export const STATUS = Object.freeze({
+  CONNECTING: 'connecting',
+  OPEN: 'open',
+  RECONNECTING: 'reconnecting',
+  FALLBACK: 'fallback',
+  CLOSED: 'closed',
+});
+
+/** Notices the broker sends as named SSE events (EventSource only shows them to addEventListener). */
+export const NOTICE_TYPES = Object.freeze([
+  'broker.start',
+  'broker.reset',
+  'broker.dropped',
+  'broker.shutdown',
+  'broker.heartbeat',
+]);
+
+const DEFAULT_BACKOFF_MS = Object.freeze([1000, 2000, 5000, 15000]);
+const DEFAULT_JITTER = 0.1; // ±10 %
+const DEFAULT_HEARTBEAT_SECONDS = 15;
+const QUIET_FACTOR = 2.5; // heartbeat window = 2.5 × heartbeat interval
+const DEFAULT_OPEN_TIMEOUT_MS = 10000;
+const QUIET_STREAKS_BEFORE_FALLBACK = 2;
+const SSE_ERRORS_BEFORE_WS_PROBE = 3;
+const SEEN_IDS_LIMIT = 10000;
+
+/** An error answer from the broker (`{"error": MESSAGE, "code": CODE}` with a 4xx/5xx status). */
+export class BrokerError extends Error {
+  /**
+   * @param {string} message
+   * @param {number} status HTTP status (0 when the request never got an answer)
+   * @param {string|null} code the broker's machine code, when it sent one
+   */
+  constructor(message, status, code = null) {
+    super(message);
+    this.name = 'BrokerError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/**
+ * Subscribe to one or more topics; the subscription connects at once and keeps itself
+ * connected until `close()`.
+ *
+ * @param {string} baseUrl broker address, e.g. 'http://localhost:8080'; '' means this page's origin
+ * @param {string|string[]} topics
+ * @param {object} [options]
+ * @param {(ev: {id: string, topic: string, event: string|null, data: any, transport: string}) => void} [options.onEvent]
+ *   one call per event; `event` is null for untyped events; `data` is a string for text
+ *   data and the decoded value for JSON data
+ * @param {(status: string, detail: {transport: string, reason?: string, delayMs?: number}) => void} [options.onStatus]
+ * @param {(notice: {type: string, id: string|null, data: any, transport: string}) => void} [options.onNotice]
+ *   broker.start, broker.reset, broker.dropped, broker.shutdown and any other broker.* notice
+ *   except heartbeats
+ * @param {string} [options.lastEventId] resume after this id
+ * @param {'auto'|'sse'|'ws'} [options.transport='auto']
+ * @param {number} [options.heartbeatSeconds=15] the broker's heartbeat interval (a
+ *   `heartbeat_seconds` in `broker.start` overrides it)
+ * @param {number[]} [options.backoff=[1000, 2000, 5000, 15000]] reconnect delays in ms; the
+ *   last one repeats
+ * @param {number} [options.jitter=0.1] each delay is multiplied by 1 ± jitter
+ * @param {number} [options.openTimeoutMs=10000] how long a connection may take to deliver
+ *   its first frame
+ * @param {string[]} [options.eventTypes=[]] named SSE event types to listen for as well; only
+ *   needed against a broker that writes `event:` lines for user events in envelope mode
+ * @returns {Subscription}
+ */
+export function subscribe(baseUrl, topics, options = {}) {
+  return new Subscription(baseUrl, topics, options);
+}
+
+/**
+ * Publish one event with `POST /topics/{topic}[?event=TYPE]`.
+ *
+ * A string is sent as UTF-8 text (`text/plain`); any other value is sent as JSON.
+ *
+ * @param {string} baseUrl broker address; '' means this page's origin
+ * @param {string} topic
+ * @param {any} data
+ * @param {{event?: string, signal?: AbortSignal}} [options]
+ * @returns {Promise<{id: string, topic: string}>} the broker's answer
+ * @throws {BrokerError} when the broker refuses the event or cannot be reached
+ */
+export async function publish(baseUrl, topic, data, { event, signal } = {}) {
+  const url = brokerUrl(baseUrl, `topics/${encodeTopic(topic)}`, event ? { event } : {});
+  const isText = typeof data === 'string';
+  let response;
+  try {
+    response = await fetch(url, {
+      method: 'POST',
+      headers: { 'Content-Type': isText ? 'text/plain; charset=utf-8' : 'application/json' },
+      body: isText ? data : JSON.stringify(data),
+      signal,
+    });
+  } catch (err) {
+    if (err && err.name === 'AbortError') throw err;
+    throw new BrokerError(`cannot reach the broker: ${err && err.message}`, 0, null);
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: keep body null and report the status below
+  }
+  if (!response.ok) {
+    const message = (body && body.error) || `${response.status} ${response.statusText}`;
+    throw new BrokerError(message, response.status, (body && body.code) || null);
+  }
+  return body;
+}
+
+/** A live subscription; see `subscribe()`. */
+export class Subscription {
+  #base;
+  #topics;
+  #opts;
+  #status = null;
+  #transport;
+  #lastEventId;
+  #seen = new Set();
+  #gen = 0; // generation of the current connection; bumped on every teardown
+  #conn = null; // { close() } of the current connection
+  #opened = false; // the current connection delivered its first frame
+  #attempt = 0; // failed attempts since the last open, indexes the backoff
+  #sseErrors = 0; // SSE attempts in a row that failed before opening
+  #quietStreak = 0; // SSE connections in a row that ended by going quiet
+  #probing = false; // trying WebSocket once to tell "SSE blocked" from "broker down"
+  #wsOpened = false;
+  #heartbeatsSeen = false;
+  #heartbeatMs;
+  #timers = { open: null, quiet: null, reconnect: null };
+  #onOnline = () => this.#reconnectNow('online');
+
+  constructor(baseUrl, topics, options) {
+    this.#base = baseUrl;
+    this.#topics = (typeof topics === 'string' ? [topics] : [...topics]).filter(Boolean);
+    if (this.#topics.length === 0) throw new TypeError('subscribe: at least one topic is needed');
+    const mode = options.transport || 'auto';
+    if (!['auto', 'sse', 'ws'].includes(mode)) throw new TypeError(`subscribe: unknown transport ${mode}`);
+    this.#opts = {
+      onEvent: options.onEvent || (() => {}),
+      onStatus: options.onStatus || (() => {}),
+      onNotice: options.onNotice || (() => {}),
+      mode,
+      backoff: options.backoff && options.backoff.length ? [...options.backoff] : DEFAULT_BACKOFF_MS,
+      jitter: options.jitter ?? DEFAULT_JITTER,
+      openTimeoutMs: options.openTimeoutMs ?? DEFAULT_OPEN_TIMEOUT_MS,
+      eventTypes: options.eventTypes || [],
+    };
+    this.#heartbeatMs = 1000 * (options.heartbeatSeconds ?? DEFAULT_HEARTBEAT_SECONDS);
+    this.#lastEventId = options.lastEventId || null;
+
+    const hasSse = typeof globalThis.EventSource === 'function';
+    if (mode === 'sse' && !hasSse) throw new TypeError('subscribe: this browser has no EventSource');
+    if (mode !== 'sse' && typeof globalThis.WebSocket !== 'function' && !hasSse) {
+      throw new TypeError('subscribe: this browser has neither EventSource nor WebSocket');
+    }
+    this.#transport = mode === 'ws' || (mode === 'auto' && !hasSse) ? 'ws' : 'sse';
+    globalThis.addEventListener?.('online', this.#onOnline);
+    // The first status is reported from a microtask, so that `onStatus` can already use the
+    // object `subscribe()` returned.
+    const first = mode === 'auto' && this.#transport === 'ws' ? STATUS.FALLBACK : STATUS.CONNECTING;
+    const detail = { transport: this.#transport, reason: first === STATUS.FALLBACK ? 'no EventSource' : 'start' };
+    this.#status = first;
+    queueMicrotask(() => {
+      if (this.#status === first) safeCall(this.#opts.onStatus, first, detail);
+    });
+    this.#connect();
+  }
+
+  /** 'connecting' | 'open' | 'reconnecting' | 'fallback' | 'closed' */
+  get status() {
+    return this.#status;
+  }
+
+  /** 'sse' or 'ws': the transport of the current (or next) connection. */
+  get transport() {
+    return this.#transport;
+  }
+
+  /** The id this subscription would resume from (null before the first frame). */
+  get lastEventId() {
+    return this.#lastEventId;
+  }
+
+  get topics() {
+    return [...this.#topics];
+  }
+
+  /** Close the connection and stop reconnecting. Idempotent; no callback fires afterwards. */
+  close() {
+    if (this.#status === STATUS.CLOSED) return;
+    this.#teardown();
+    clearTimeout(this.#timers.reconnect);
+    globalThis.removeEventListener?.('online', this.#onOnline);
+    this.#setStatus(STATUS.CLOSED, 'closed by the page');
+  }
+
+  // -- connections -------------------------------------------------------------------------
+
+  #connect() {
+    if (this.#status === STATUS.CLOSED) return;
+    const gen = ++this.#gen;
+    this.#opened = false;
+    this.#conn = this.#transport === 'sse' ? this.#openSse(gen) : this.#openWs(gen);
+    this.#timers.open = setTimeout(() => this.#onOpenTimeout(gen), this.#opts.openTimeoutMs);
+  }
+
+  #query() {
+    const params = { topic: this.#topics };
+    if (this.#lastEventId) params.last_event_id = this.#lastEventId;
+    return params;
+  }
+
+  #openSse(gen) {
+    const url = brokerUrl(this.#base, 'events', { ...this.#query(), envelope: '1' });
+    const es = new EventSource(url);
+    const handler = (type) => (msg) => {
+      this.#onFrame(gen, type, parseSseData(type, msg.data, msg.lastEventId));
+    };
+    es.onmessage = handler('message');
+    for (const type of new Set([...NOTICE_TYPES, ...this.#opts.eventTypes])) {
+      es.addEventListener(type, handler(type));
+    }
+    // Never let the browser reconnect on its own: it would not use our backoff or resume point.
+    es.onerror = () => {
+      es.close();
+      this.#onLost(gen, 'stream error');
+    };
+    return { close: () => es.close() };
+  }
+
+  #openWs(gen) {
+    const url = brokerUrl(this.#base, 'ws', this.#query());
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    const ws = new WebSocket(url);
+    ws.onmessage = (msg) => {
+      if (typeof msg.data !== 'string') return; // JSON frames only; we never ask for msgpack
+      let env;
+      try {
+        env = JSON.parse(msg.data);
+      } catch {
+        return;
+      }
+      if (env && typeof env === 'object') this.#onFrame(gen, env.event || 'message', env);
+    };
+    ws.onclose = (e) => this.#onLost(gen, `socket closed (${e.code})`);
+    return {
+      close: () => {
+        ws.onclose = null;
+        ws.onmessage = null;
+        if (ws.readyState <= WebSocket.OPEN) ws.close(1000);
+      },
+    };
+  }
+
+  #teardown() {
+    this.#gen += 1;
+    clearTimeout(this.#timers.open);
+    clearTimeout(this.#timers.quiet);
+    if (this.#conn) this.#conn.close();
+    this.#conn = null;
+  }
+
+  // -- frames ------------------------------------------------------------------------------
+
+  #onFrame(gen, type, env) {
+    if (gen !== this.#gen) return;
+    if (!this.#opened) this.#markOpen();
+    this.#armQuietTimer(gen);
+    const kind = env.event || (type === 'message' ? null : type);
+    // Anything past the start notice proves this stream flows: "quiet repeatedly" starts over.
+    if (kind !== 'broker.start' && kind !== 'broker.reset') this.#quietStreak = 0;
+    if (kind && kind.startsWith('broker.')) this.#onNotice(gen, kind, env);
+    else this.#onUserEvent({ ...env, event: kind });
+  }
+
+  #markOpen() {
+    this.#opened = true;
+    clearTimeout(this.#timers.open);
+    this.#attempt = 0;
+    if (this.#transport === 'sse') this.#sseErrors = 0;
+    else {
+      this.#wsOpened = true;
+      this.#probing = false;
+    }
+    this.#setStatus(STATUS.OPEN, 'stream started');
+  }
+
+  #onUserEvent(env) {
+    const id = env.id ?? null;
+    if (id !== null) {
+      if (this.#seen.has(id)) return;
+      this.#seen.add(id);
+      if (this.#seen.size > SEEN_IDS_LIMIT) this.#seen.delete(this.#seen.values().next().value);
+      this.#lastEventId = id;
+    }
+    const event = { id, topic: env.topic ?? null, event: env.event, data: env.data, transport: this.#transport };
+    safeCall(this.#opts.onEvent, event);
+  }
+
+  #onNotice(gen, type, env) {
+    const data = env.data ?? null;
+    if (type === 'broker.heartbeat') {
+      if (!this.#heartbeatsSeen) {
+        this.#heartbeatsSeen = true;
+        this.#armQuietTimer(gen);
+      }
+      return;
+    }
+    if (['broker.start', 'broker.reset', 'broker.dropped'].includes(type) && env.id) {
+      this.#lastEventId = env.id; // the position to resume from, even before any event
+    }
+    if (type === 'broker.start' && data && data.heartbeat_seconds > 0) {
+      this.#heartbeatMs = 1000 * data.heartbeat_seconds;
+    }
+    safeCall(this.#opts.onNotice, { type, id: env.id ?? null, data, transport: this.#transport });
+    if (type === 'broker.shutdown' && gen === this.#gen) {
+      const retryMs = Number(data && data.retry_ms);
+      this.#teardown();
+      this.#quietStreak = 0;
+      this.#scheduleReconnect(Number.isFinite(retryMs) && retryMs >= 0 ? retryMs : null, 'broker shutting down');
+    }
+  }
+
+  // -- failures and reconnection -----------------------------------------------------------
+
+  #armQuietTimer(gen) {
+    clearTimeout(this.#timers.quiet);
+    if (!this.#heartbeatsSeen) return;
+    this.#timers.quiet = setTimeout(() => this.#onQuiet(gen), QUIET_FACTOR * this.#heartbeatMs);
+  }
+
+  #onQuiet(gen) {
+    if (gen !== this.#gen) return;
+    this.#teardown();
+    if (this.#transport === 'sse' && this.#opts.mode === 'auto') {
+      this.#quietStreak += 1;
+      if (this.#quietStreak >= QUIET_STREAKS_BEFORE_FALLBACK) {
+        this.#switchToWs('SSE stream went quiet repeatedly');
+        return;
+      }
+    }
+    this.#scheduleReconnect(null, 'stream went quiet');
+  }
+
+  #onOpenTimeout(gen) {
+    if (gen !== this.#gen) return;
+    this.#teardown();
+    if (this.#transport === 'sse' && this.#opts.mode === 'auto') {
+      this.#switchToWs('SSE stream did not start');
+      return;
+    }
+    if (this.#probing) {
+      this.#probing = false;
+      this.#transport = 'sse';
+    }
+    this.#scheduleReconnect(null, 'stream did not start');
+  }
+
+  #onLost(gen, reason) {
+    if (gen !== this.#gen) return;
+    const wasOpen = this.#opened;
+    this.#teardown();
+    this.#quietStreak = 0;
+    if (!wasOpen && this.#transport === 'sse' && this.#opts.mode === 'auto') {
+      this.#sseErrors += 1;
+      if (this.#sseErrors >= SSE_ERRORS_BEFORE_WS_PROBE) {
+        this.#sseErrors = 0;
+        this.#probing = true;
+        this.#switchToWs(`${reason}; trying WebSocket`);
+        return;
+      }
+    }
+    if (!wasOpen && this.#probing) {
+      // WebSocket failed as well: the broker is down, not SSE blocked. Back to SSE.
+      this.#probing = false;
+      this.#transport = 'sse';
+    }
+    this.#scheduleReconnect(null, reason);
+  }
+
+  #switchToWs(reason) {
+    this.#transport = 'ws';
+    this.#scheduleReconnect(this.#probing ? null : 0, reason, STATUS.FALLBACK);
+  }
+
+  #scheduleReconnect(delayMs, reason, status = STATUS.RECONNECTING) {
+    clearTimeout(this.#timers.reconnect);
+    if (delayMs === null) {
+      const delays = this.#opts.backoff;
+      const base = delays[Math.min(this.#attempt, delays.length - 1)];
+      delayMs = Math.round(base * (1 + this.#opts.jitter * (2 * Math.random() - 1)));
+      this.#attempt += 1;
+    }
+    this.#setStatus(status, reason, delayMs);
+    if (this.#status === STATUS.CLOSED) return; // closed from the onStatus callback
+    this.#timers.reconnect = setTimeout(() => this.#connect(), delayMs);
+  }
+
+  #reconnectNow(reason) {
+    if (this.#status !== STATUS.RECONNECTING) return;
+    clearTimeout(this.#timers.reconnect);
+    this.#setStatus(STATUS.RECONNECTING, reason, 0);
+    this.#connect();
+  }
+
+  #setStatus(status, reason, delayMs) {
+    const changed = status !== this.#status;
+    this.#status = status;
+    if (changed || delayMs !== undefined) {
+      const detail = { transport: this.#transport, reason };
+      if (delayMs !== undefined) detail.delayMs = delayMs;
+      safeCall(this.#opts.onStatus, status, detail);
+    }
+  }
+}
+
+// -- helpers ---------------------------------------------------------------------------------
+
+/**
+ * Decode one SSE `data` into an envelope. With `envelope=1` user events are always envelopes;
+ * a notice may be an envelope or just its data object, so both are accepted.
+ */
+function parseSseData(type, raw, sseId) {
+  let value;
+  try {
+    value = JSON.parse(raw);
+  } catch {
+    value = raw;
+  }
+  if (value && typeof value === 'object' && !Array.isArray(value) && 'id' in value && 'event' in value && 'data' in value) {
+    return { id: value.id ?? (sseId || null), topic: value.topic ?? null, event: value.event ?? null, data: value.data };
+  }
+  return { id: sseId || null, topic: null, event: type === 'message' ? null : type, data: value };
+}
+
+/** Resolve `path` against the broker's base URL ('' = this page's origin) with query params. */
+function brokerUrl(baseUrl, path, params) {
+  const base = new URL(baseUrl || '/', globalThis.location ? globalThis.location.href : undefined);
+  if (!base.pathname.endsWith('/')) base.pathname += '/';
+  base.search = '';
+  base.hash = '';
+  const url = new URL(path, base);
+  for (const [key, value] of Object.entries(params)) {
+    for (const v of Array.isArray(value) ? value : [value]) url.searchParams.append(key, v);
+  }
+  return url;
+}
+
+/** Percent-encode each topic segment, keeping the `/` separators and `:` readable. */
+function encodeTopic(topic) {
+  if (typeof topic !== 'string' || topic === '') throw new TypeError('publish: topic must be a non-empty string');
+  return topic
+    .split('/')
+    .map((segment) => encodeURIComponent(segment).replace(/%3A/gi, ':'))
+    .join('/');
+}
+
+/** Call an application callback; an exception in it is reported, never breaks the client. */
+function safeCall(fn, ...args) {
+  try {
+    fn(...args);
+  } catch (err) {
+    if (typeof globalThis.reportError === 'function') globalThis.reportError(err);
+    else setTimeout(() => { throw err; });
+  }
+}

@@ -1,0 +1,265 @@
+"""One WebSocket subscriber connection on the data plane.
+
+wsproto does the handshake and parses the client's frames; the broker writes its own
+frames, so each event's frame is encoded once and shared (``websocket.py``). Everything the
+server sends on the socket, pongs and acks included, goes through the connection's
+:class:`~broker.subscriber.Subscriber`, so a control frame never lands inside a partly
+written event frame.
+
+The connection task is the reader. It answers pings, runs commands, and watches the peer:
+after ``ping_interval`` seconds without a byte from the client it sends a ping, and a
+client that then stays silent for ``ping_timeout`` seconds is dropped. Any exit (client
+gone, close frame, eviction, shutdown, error) leaves the ``with hub.subscribe`` scope and
+the connection's nursery, so its subscription and its writer end with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from wsproto import ConnectionType
+from wsproto.connection import Connection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Request,
+    TextMessage,
+)
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
+
+from . import websocket
+from .commands import Command, error_payload, parse_command
+from .errors import BadRequest, ClientError
+from .hub import Hub
+from .routes import Route
+from .subscriber import SocketSink, Subscriber
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WsOptions:
+    """``[websocket]`` settings."""
+
+    ping_interval: float = 15.0
+    ping_timeout: float = 10.0
+    max_message_bytes: int = 64 * 1024
+    allow_publish: bool = False
+
+
+class Forbidden(ClientError):
+    status = 403
+    code = "forbidden"
+
+
+async def serve_websocket(
+    stream: trio.SocketStream,
+    raw_request: bytes,
+    after_head: bytes,
+    route: Route,
+    *,
+    hub: Hub,
+    options: WsOptions,
+    queue_events: int,
+    queue_bytes: int,
+    send_timeout: float,
+    max_topics: int,
+    resume_from: str | None,
+) -> None:
+    """Upgrade the connection and serve one WebSocket subscriber until it ends."""
+    handshake = H11Handshake(ConnectionType.SERVER)
+    try:
+        handshake.receive_data(raw_request)
+        upgrade = next((e for e in handshake.events() if isinstance(e, Request)), None)
+    except RemoteProtocolError as exc:
+        upgrade = None
+        log.info("bad WebSocket handshake: %s", exc)
+    if upgrade is None:
+        error = BadRequest("not a valid WebSocket upgrade request")
+        body = error.body()
+        await _send_quietly(
+            stream,
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body,
+        )
+        return
+    binary = route.param("format") == "msgpack"
+    subprotocol = None
+    if websocket.SUBPROTOCOL_MSGPACK in upgrade.subprotocols:
+        subprotocol, binary = websocket.SUBPROTOCOL_MSGPACK, True
+    elif websocket.SUBPROTOCOL_JSON in upgrade.subprotocols:
+        subprotocol, binary = websocket.SUBPROTOCOL_JSON, False
+    if not await _send_quietly(stream, handshake.send(AcceptConnection(subprotocol=subprotocol))):
+        return
+    # wsproto's server handshake drops bytes that came with the upgrade request; keep them.
+    connection = Connection(ConnectionType.SERVER, trailing_data=after_head)
+    sock = stream.socket
+    async with trio.open_nursery() as nursery:
+        subscriber = Subscriber(
+            sink=SocketSink(sock),
+            codec=websocket.WsCodec(binary=binary),
+            nursery=nursery,
+            cancel_scope=nursery.cancel_scope,
+            position="",
+            max_events=queue_events,
+            max_bytes=queue_bytes,
+            send_timeout=send_timeout,
+            name=f"ws {_peer(sock)}",
+        )
+        session = _Session(hub, subscriber, connection, options, max_topics)
+        with hub.subscribe(subscriber, route.topics, resume_from=resume_from):
+            try:
+                await session.read_loop(sock)
+            except Exception:
+                log.exception("%s: internal error", subscriber)
+                subscriber.close(websocket.close_frame(websocket.CLOSE_INTERNAL_ERROR))
+            if subscriber.closing:
+                await trio.sleep_forever()  # the writer ends us once the close frame is out
+            subscriber.end("gone")
+
+
+class _Session:
+    def __init__(
+        self,
+        hub: Hub,
+        subscriber: Subscriber,
+        connection: Connection,
+        options: WsOptions,
+        max_topics: int,
+    ) -> None:
+        self.hub = hub
+        self.subscriber = subscriber
+        self.connection = connection
+        self.options = options
+        self.max_topics = max_topics
+        self.codec: websocket.WsCodec = subscriber.codec  # type: ignore[assignment]
+        self._parts: list[bytes | str] = []
+        self._size = 0
+        self._unparsed = 0
+
+    async def read_loop(self, sock: trio.socket.SocketType) -> None:
+        options = self.options
+        waiting_for_pong = False
+        # Bytes that arrived with the upgrade request are already in wsproto's buffer.
+        if not self._process(b""):
+            return
+        while not self.subscriber.ended:
+            limit = options.ping_timeout if waiting_for_pong else options.ping_interval
+            with trio.move_on_after(limit) as timer:
+                try:
+                    data = await sock.recv(65536)
+                except OSError:
+                    return
+            if timer.cancelled_caught:
+                if waiting_for_pong:
+                    log.info("%s: no answer to ping, dropped", self.subscriber)
+                    self.subscriber.end("unresponsive")
+                    return
+                self.subscriber.send_control(websocket.PING)
+                waiting_for_pong = True
+                continue
+            waiting_for_pong = False
+            if not data or not self._process(data):
+                return
+
+    def _process(self, data: bytes) -> bool:
+        """Feed bytes to wsproto and handle its events; ``False`` ends the connection."""
+        try:
+            if data:
+                self.connection.receive_data(data)
+                self._unparsed += len(data)
+            for event in self.connection.events():
+                self._unparsed = 0
+                if not self._handle(event):
+                    return False
+            # wsproto buffers a frame until it is complete; bound what a peer can make it hold.
+            if self._unparsed > self.options.max_message_bytes + 1024:
+                log.info("%s: frame over %d bytes", self.subscriber, self.options.max_message_bytes)
+                self.subscriber.close(
+                    websocket.close_frame(websocket.CLOSE_TOO_BIG, "frame too big")
+                )
+                return False
+        except RemoteProtocolError as exc:
+            log.info("%s: protocol error: %s", self.subscriber, exc)
+            self.subscriber.close(websocket.close_frame(websocket.CLOSE_PROTOCOL_ERROR))
+            return False
+        return True
+
+    def _handle(self, event: Any) -> bool:
+        """Handle one wsproto event; ``False`` ends the connection."""
+        subscriber = self.subscriber
+        if isinstance(event, Ping):
+            subscriber.send_control(self.connection.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            subscriber.close(self.connection.send(event.response()))
+            return False
+        elif isinstance(event, TextMessage | BytesMessage):
+            self._size += len(event.data)
+            if self._size > self.options.max_message_bytes:
+                log.info("%s: message over %d bytes", subscriber, self.options.max_message_bytes)
+                subscriber.close(websocket.close_frame(websocket.CLOSE_TOO_BIG, "message too big"))
+                return False
+            self._parts.append(event.data)
+            if event.message_finished:
+                parts, self._parts, self._size = self._parts, [], 0
+                message: bytes | str = (
+                    "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
+                )
+                self._command(message)
+        return True
+
+    def _command(self, message: bytes | str) -> None:
+        ref: Any = None
+        try:
+            value = self.codec.decode(message)
+            ref = value.get("ref") if isinstance(value, dict) else None
+            command = parse_command(value, max_topics=self.max_topics)
+            answer = self._run(command)
+        except ClientError as error:
+            frame = self.codec.notice("broker.command_error", None, error_payload(ref, error))
+        else:
+            frame = self.codec.notice("broker.ack", None, answer)
+        self.subscriber.send_control(frame)
+
+    def _run(self, command: Command) -> dict[str, Any]:
+        subscriber, hub = self.subscriber, self.hub
+        if command.op == "subscribe":
+            if len(subscriber.topics | set(command.topics)) > self.max_topics:
+                raise BadRequest(f"at most {self.max_topics} topics per subscription")
+            hub.add_topics(subscriber, command.topics)
+        elif command.op == "unsubscribe":
+            hub.remove_topics(subscriber, command.topics)
+        else:
+            if not self.options.allow_publish:
+                raise Forbidden("publishing over WebSocket is off ([websocket] allow_publish)")
+            event = hub.publish_nowait(
+                command.topics[0],
+                command.data,
+                event_type=command.event_type,
+                is_json=command.is_json,
+            )
+            return {"ref": command.ref, "op": "publish", "id": event.id, "topic": event.topic}
+        return {"ref": command.ref, "op": command.op, "topics": sorted(subscriber.topics)}
+
+
+async def _send_quietly(stream: trio.SocketStream, data: bytes) -> bool:
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True
+
+
+def _peer(sock: trio.socket.SocketType) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
