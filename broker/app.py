@@ -13,11 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from quart import Response, send_from_directory
+from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from .errors import ClientError
 from .hub import Hub
+from .topics import check_event_type, check_topic
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -68,6 +70,25 @@ def create_app(hub: Hub, *, extra_stats: Callable[[], dict[str, Any]] | None = N
         if extra_stats is not None:
             payload.update(extra_stats())
         return _json(payload)
+
+    @app.delete("/topics/<path:topic>/retained")
+    async def clear_retained(topic: str) -> Response:
+        try:
+            check_topic(topic)
+            kind = request.args.get("event")
+            event_type = check_event_type(kind) if kind is not None else ...
+        except ClientError as error:
+            return _json({"error": error.message, "code": error.code}, error.status)
+        cleared = hub.clear_retained(topic, event_type)  # type: ignore[arg-type]
+        return _json({"topic": topic, "cleared": cleared})
+
+    @app.delete("/topics/<path:topic>")
+    async def forget_topic(topic: str) -> Response:
+        try:
+            check_topic(topic)
+        except ClientError as error:
+            return _json({"error": error.message, "code": error.code}, error.status)
+        return _json({"topic": topic, "forgotten": hub.forget(topic)})
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from . import codecs
-from .dataplane import Limits, resume_id
+from .dataplane import Limits, stream_options
 from .errors import ClientError, MethodNotAllowed, PayloadTooLarge
 from .hub import Hub
 from .routes import Route, match
@@ -95,7 +95,12 @@ class HotRoutes:
                 event_type = check_event_type(route.param("event"))
                 data, is_json = codecs.decode_body(content_type, body)
                 event = self.hub.publish_nowait(
-                    route.topics[0], data, event_type=event_type, is_json=is_json
+                    route.topics[0],
+                    data,
+                    event_type=event_type,
+                    is_json=is_json,
+                    retain=route.flag("retain"),
+                    final=route.flag("final"),
                 )
                 payload = {"id": event.id, "topic": event.topic}
         except _ClientGone:
@@ -109,9 +114,13 @@ class HotRoutes:
         self, scope: Scope, receive: Any, send: Any, route: Route, headers: dict[str, str]
     ) -> None:
         try:
-            resume_from = resume_id(route, headers)
+            resume_from, start = stream_options(route, headers)
         except ClientError as error:
             await _answer_error(send, error)
+            return
+        if self.hub.stream_is_over(route.topics, resume_from):
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         await send({"type": "http.response.body", "body": PREAMBLE, "more_body": True})
@@ -131,7 +140,9 @@ class HotRoutes:
                 send_timeout=limits.send_timeout,
                 name=f"sse(asgi) {scope.get('client')}",
             )
-            with self.hub.subscribe(subscriber, route.topics, resume_from=resume_from):
+            with self.hub.subscribe(
+                subscriber, route.topics, resume_from=resume_from, start_at=start
+            ):
                 # hypercorn's send() keeps succeeding after the client left; the disconnect
                 # message is the only reliable signal (shared/SSE.md).
                 while (await receive())["type"] != "http.disconnect":

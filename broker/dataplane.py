@@ -13,6 +13,7 @@ the whole connection belongs to hypercorn for the rest of its life.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -22,6 +23,7 @@ import trio
 from . import codecs
 from .errors import BadEventId, ClientError, LengthRequired, PayloadTooLarge
 from .hub import Hub
+from .replay import StartAt
 from .request import (
     ConnectionDone,
     Request,
@@ -29,7 +31,7 @@ from .request import (
     error_response,
     json_response,
 )
-from .routes import Route, match
+from .routes import Route, match, start_at
 from .sse import PREAMBLE, SseCodec
 from .subscriber import SocketSink, Subscriber
 from .topics import check_event_type
@@ -59,6 +61,20 @@ class Limits:
     queue_bytes: int = 4 * 1024 * 1024
     send_timeout: float = 30.0
     max_topics_per_subscription: int = 64
+
+
+NO_CONTENT: Final = (
+    b"HTTP/1.1 204 No Content\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+)
+
+
+def stream_options(route: Route, headers: dict[str, str]) -> tuple[str | None, StartAt | None]:
+    """A subscribe request's resume id and start options.
+
+    Raises:
+        BadEventId, BadRequest.
+    """
+    return resume_id(route, headers), start_at(route, time.time())
 
 
 def resume_id(route: Route, headers: dict[str, str]) -> str | None:
@@ -189,7 +205,12 @@ class DataPlane:
             event_type = check_event_type(route.param("event"))
             data, is_json = codecs.decode_body(content_type, body)
             event = self.hub.publish_nowait(
-                route.topics[0], data, event_type=event_type, is_json=is_json
+                route.topics[0],
+                data,
+                event_type=event_type,
+                is_json=is_json,
+                retain=route.flag("retain"),
+                final=route.flag("final"),
             )
             return json_response(
                 202, {"id": event.id, "topic": event.topic}, keep_alive=keep_alive
@@ -203,7 +224,7 @@ class DataPlane:
         self, stream: trio.SocketStream, request: Request, route: Route
     ) -> None:
         try:
-            resume_from = resume_id(route, request.headers)
+            resume_from, start = stream_options(route, request.headers)
         except ClientError as error:
             await _send_quietly(stream, error_response(error, keep_alive=False))
             return
@@ -222,6 +243,7 @@ class DataPlane:
                 send_timeout=limits.send_timeout,
                 max_topics=limits.max_topics_per_subscription,
                 resume_from=resume_from,
+                start_at=start,
             )
         finally:
             self.streams -= 1
@@ -231,9 +253,14 @@ class DataPlane:
     ) -> None:
         reader.finish_bodyless(request)
         try:
-            resume_from = resume_id(route, request.headers)
+            resume_from, start = stream_options(route, request.headers)
         except ClientError as error:
             await _send_quietly(stream, error_response(error, keep_alive=False))
+            return
+        if self.hub.stream_is_over(route.topics, resume_from):
+            # The client has every event of these closed topics: 204 makes an EventSource
+            # stop reconnecting for good.
+            await _send_quietly(stream, NO_CONTENT)
             return
         try:
             await stream.send_all(SSE_HEAD + PREAMBLE)
@@ -257,7 +284,9 @@ class DataPlane:
                     send_timeout=limits.send_timeout,
                     name=_peer_name(sock),
                 )
-                with self.hub.subscribe(subscriber, route.topics, resume_from=resume_from):
+                with self.hub.subscribe(
+                    subscriber, route.topics, resume_from=resume_from, start_at=start
+                ):
                     await _wait_until_closed(sock)
                     subscriber.end("gone")
         finally:

@@ -8,6 +8,7 @@
     │   ├── BadEventId              400 bad_event_id
     │   ├── NotFound                404 not_found
     │   ├── MethodNotAllowed        405 method_not_allowed
+    │   ├── TopicClosed             409 topic_closed
     │   ├── LengthRequired          411 length_required
     │   ├── PayloadTooLarge         413 payload_too_large
     │   ├── HeadersTooLarge         431 headers_too_large
@@ -75,6 +76,11 @@ class MethodNotAllowed(ClientError):
     def __init__(self, message: str, allow: str) -> None:
         super().__init__(message)
         self.allow = allow
+
+
+class TopicClosed(ClientError):
+    status = 409
+    code = "topic_closed"
 
 
 class LengthRequired(ClientError):

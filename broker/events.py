@@ -83,6 +83,20 @@ class Event:
     def __repr__(self) -> str:
         return f"<Event {self.topic} {self.id} {self.event_type or ''}>"
 
+    def with_id(self, event_id: str) -> Event:
+        """A copy carrying another id (retained state sent at a stream's start position)."""
+        return Event(
+            topic=self.topic,
+            event_type=self.event_type,
+            data=self.data,
+            is_json=self.is_json,
+            origin=self.origin,
+            seq=self.seq,
+            index=self.index,
+            event_id=event_id,
+            published_at=self.published_at,
+        )
+
     def value(self) -> Any:
         """The payload as a Python value (JSON decoded, or the text)."""
         return json.loads(self.data) if self.is_json else self.data

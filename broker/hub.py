@@ -25,9 +25,10 @@ from typing import Final
 import trio
 
 from . import positions
-from .errors import BadEventId
+from .errors import TopicClosed
 from .events import Event
-from .history import TopicHistory, merge
+from .history import TopicHistory
+from .replay import StartAt, has_everything, plan_start
 from .subscriber import Subscriber
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,17 @@ class HubStatistics:
 
 
 class _Topic:
-    __slots__ = ("history", "name", "subscribers")
+    __slots__ = ("final", "history", "name", "retained", "subscribers")
 
     def __init__(self, name: str, history_size: int) -> None:
         self.name = name
         self.history = TopicHistory(history_size)
         self.subscribers: dict[Subscriber, None] = {}
+        self.retained: dict[str | None, Event] = {}
+        self.final: Event | None = None
+
+    def idle(self) -> bool:
+        return not (self.subscribers or self.history.events or self.retained or self.final)
 
 
 class Hub:
@@ -109,12 +115,31 @@ class Hub:
     # -- publishing -----------------------------------------------------------------------
 
     def publish_nowait(
-        self, topic: str, data: str, *, event_type: str | None = None, is_json: bool = False
+        self,
+        topic: str,
+        data: str,
+        *,
+        event_type: str | None = None,
+        is_json: bool = False,
+        retain: bool = False,
+        final: bool = False,
     ) -> Event:
         """Publish one event to ``topic`` and deliver it to every subscriber. Never blocks.
 
         The arguments must already be validated (``topics.check_topic`` etc.).
+
+        Args:
+            retain: keep it as the topic's current state for its event type; new
+                subscribers get it first, even after it left history.
+            final: close the topic for good after it: subscribers get ``broker.end``, later
+                publishes are refused, late joiners still get this event.
+
+        Raises:
+            TopicClosed: the topic was closed by a final event.
         """
+        state = self._topics.get(topic)
+        if state is not None and state.final is not None:
+            raise TopicClosed(f"topic {topic!r} was closed by a final event")
         self._seq += 1
         self._index += 1
         self._vector[self.origin] = self._seq
@@ -133,11 +158,16 @@ class Hub:
             event_id=event_id,
             published_at=time.time(),
         )
-        self._deliver(event)
+        self._deliver(event, retain=retain, final=final)
         return event
 
     def publish_batch_nowait(self, items: Iterable[PublishItem]) -> list[Event]:
         """Publish several events atomically (no other task runs in between)."""
+        items = list(items)
+        for item in items:
+            state = self._topics.get(item.topic)
+            if state is not None and state.final is not None:
+                raise TopicClosed(f"topic {item.topic!r} was closed by a final event")
         return [
             self.publish_nowait(
                 item.topic, item.data, event_type=item.event_type, is_json=item.is_json
@@ -145,14 +175,57 @@ class Hub:
             for item in items
         ]
 
-    def _deliver(self, event: Event) -> None:
+    def _deliver(self, event: Event, *, retain: bool = False, final: bool = False) -> None:
         self.published += 1
         state = self._topics.get(event.topic)
         if state is None:
             state = self._topics[event.topic] = _Topic(event.topic, self.history_size)
         state.history.append(event)
+        if retain:
+            state.retained[event.event_type] = event
         for subscriber in state.subscribers:
             subscriber.offer(event)
+        if final:
+            state.final = event
+            self._end_topic(state, event)
+
+    def _end_topic(self, state: _Topic, final: Event) -> None:
+        for subscriber in list(state.subscribers):
+            notice = subscriber.codec.notice("broker.end", final.id, {"topic": state.name})
+            if subscriber.topics <= {state.name} or all(
+                (t := self._topics.get(name)) is not None and t.final is not None
+                for name in subscriber.topics
+            ):
+                subscriber.close(notice)
+            else:
+                subscriber.offer_notice(notice, final.id)
+                self.remove_topics(subscriber, [state.name])
+
+    def clear_retained(self, topic: str, event_type: str | None = ...) -> int:  # type: ignore[assignment]
+        """Forget a topic's retained events (one type, or all); return how many."""
+        state = self._topics.get(topic)
+        if state is None:
+            return 0
+        if event_type is ...:
+            count = len(state.retained)
+            state.retained.clear()
+        else:
+            count = int(state.retained.pop(event_type, None) is not None)
+        if state.idle():
+            del self._topics[topic]
+        return count
+
+    def forget(self, topic: str) -> bool:
+        """Forget a topic's history, retained events and closed state (it can be reused)."""
+        state = self._topics.get(topic)
+        if state is None or not (state.history.events or state.retained or state.final):
+            return False
+        state.history = TopicHistory(self.history_size)
+        state.retained.clear()
+        state.final = None
+        if state.idle():
+            del self._topics[topic]
+        return True
 
     # -- subscribing ----------------------------------------------------------------------
 
@@ -163,27 +236,48 @@ class Hub:
 
     @contextmanager
     def subscribe(
-        self, subscriber: Subscriber, topics: Iterable[str], *, resume_from: str | None = None
+        self,
+        subscriber: Subscriber,
+        topics: Iterable[str],
+        *,
+        resume_from: str | None = None,
+        start_at: StartAt | None = None,
     ) -> Iterator[Subscriber]:
         """Register ``subscriber`` on ``topics`` for the duration of the ``with`` block.
 
         On entry the subscriber is offered, in order: a ``broker.start`` notice (or
-        ``broker.reset`` when ``resume_from`` cannot be resumed exactly), the events it
-        missed from history, then every live event. On exit, by any path, it is removed.
+        ``broker.reset`` when ``resume_from`` cannot be resumed exactly), the topics'
+        retained events, the events it missed (or asked for with ``start_at``) from history,
+        then every live event. On exit, by any path, it is removed.
         """
         topic_set = frozenset(topics)
-        subscriber.topics = topic_set
-        notice, replay = self._start_frames(subscriber, topic_set, resume_from)
-        self._subscribers[subscriber] = None
+        states = []
         for topic in topic_set:
             state = self._topics.get(topic)
             if state is None:
                 state = self._topics[topic] = _Topic(topic, self.history_size)
+            states.append(state)
+        plan = plan_start(self._vector, states, resume_from=resume_from, start_at=start_at)
+        subscriber.topics = topic_set
+        self._subscribers[subscriber] = None
+        for state in states:
             state.subscribers[subscriber] = None
+        codec = subscriber.codec
+        if plan.notice == "broker.start":
+            plan.payload["heartbeat_seconds"] = self.heartbeat_seconds
+        subscriber.offer_notice(
+            codec.notice(plan.notice, plan.position, plan.payload, self.retry_ms), plan.position
+        )
         if self._closed:
             subscriber.close(self._shutdown_notice(subscriber))
-        subscriber.offer_notice(*notice)
-        subscriber.replay(replay)
+        subscriber.replay([e.with_id(plan.position) for e in plan.first] + plan.events)
+        if plan.ended:
+            position = positions.format_position(self._vector)
+            subscriber.close(
+                b"".join(
+                    codec.notice("broker.end", position, {"topic": t}) for t in sorted(topic_set)
+                )
+            )
         try:
             yield subscriber
         finally:
@@ -193,6 +287,15 @@ class Hub:
             self._dropped_by_gone += subscriber.mailbox.dropped
             if subscriber.end_reason == "evicted":
                 self.evicted += 1
+
+    def stream_is_over(self, topics: Iterable[str], resume_from: str | None) -> bool:
+        """The topics are all closed and ``resume_from`` already includes their final events."""
+        if resume_from is None:
+            return False
+        states = [self._topics.get(t) for t in topics]
+        if any(s is None for s in states):
+            return False
+        return has_everything(self._vector, states, resume_from)  # type: ignore[arg-type]
 
     def add_topics(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
         """Add live topics to a registered subscriber (WebSocket ``subscribe``)."""
@@ -215,63 +318,8 @@ class Hub:
             if state is None:
                 continue
             state.subscribers.pop(subscriber, None)
-            if not state.subscribers and not state.history.events:
+            if state.idle():
                 del self._topics[topic]
-
-    def _start_frames(
-        self, subscriber: Subscriber, topics: frozenset[str], resume_from: str | None
-    ) -> tuple[tuple[bytes, str], list[Event]]:
-        """The start (or reset) notice and the events to replay for a new subscriber."""
-        codec = subscriber.codec
-        current = positions.format_position(self._vector)
-        if resume_from is None:
-            subscriber.position = current
-            start = codec.notice(
-                "broker.start",
-                current,
-                {
-                    "position": current,
-                    "resumed": False,
-                    "heartbeat_seconds": self.heartbeat_seconds,
-                },
-                self.retry_ms,
-            )
-            return (start, current), []
-        try:
-            requested = positions.parse_position(resume_from)
-        except BadEventId:
-            subscriber.position = current
-            payload = {"position": current, "requested": resume_from[:200], "reason": "unparsable"}
-            return (codec.notice("broker.reset", current, payload, self.retry_ms), current), []
-        known = {o: min(s, self._vector[o]) for o, s in requested.items() if o in self._vector}
-        unknown = len(known) < len(requested)
-        exact = not unknown
-        missed = []
-        for topic in topics:
-            state = self._topics.get(topic)
-            if state is not None:
-                events, topic_exact = state.history.after(known)
-                missed.append(events)
-                exact = exact and topic_exact
-        start_vector = {o: known.get(o, 0) for o in self._vector}
-        start_id = positions.format_position(start_vector)
-        subscriber.position = start_id
-        if exact:
-            notice = codec.notice(
-                "broker.start",
-                start_id,
-                {
-                    "position": start_id,
-                    "resumed": True,
-                    "heartbeat_seconds": self.heartbeat_seconds,
-                },
-                self.retry_ms,
-            )
-        else:
-            reason = "unknown" if unknown else "evicted"
-            payload = {"position": start_id, "requested": resume_from, "reason": reason}
-            notice = codec.notice("broker.reset", start_id, payload, self.retry_ms)
-        return (notice, start_id), merge(missed)
 
     # -- lifetime -------------------------------------------------------------------------
 

@@ -6,11 +6,14 @@ a page, TLS, HTTP/2) route with :func:`match`, so a request means the same on bo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 from urllib.parse import parse_qs, unquote
 
 from .errors import BadRequest, MethodNotAllowed
+from .replay import StartAt
 from .topics import check_topic
 
 Kind = Literal["publish", "batch", "sse", "ws"]
@@ -54,6 +57,8 @@ def match(method: str, target: str, *, max_topics: int = MAX_TOPICS_PER_REQUEST)
         MethodNotAllowed: a hot path with the wrong method.
     """
     path, query_string = split_target(target)
+    if method == "DELETE":
+        return None  # topic administration lives in the app (control plane)
     if path.startswith("/topics/"):
         rest = path[len("/topics/") :]
         if rest.endswith("/events"):
@@ -91,3 +96,41 @@ def match(method: str, target: str, *, max_topics: int = MAX_TOPICS_PER_REQUEST)
     if len(topics) > max_topics:
         raise BadRequest(f"at most {max_topics} topics per subscription")
     return Route(kind, topics, query)
+
+
+def start_at(route: Route, now: float) -> StartAt | None:
+    """The ``last``/``since`` options of a subscribe request.
+
+    ``since`` is seconds before ``now`` (``since=3600``) or an RFC 3339 time
+    (``since=2026-11-25T09:00:00Z``).
+
+    Raises:
+        BadRequest: a value that is neither.
+    """
+    last_text, since_text = route.param("last"), route.param("since")
+    if last_text is None and since_text is None:
+        return None
+    last = None
+    if last_text is not None:
+        if not last_text.isdigit() or len(last_text) > 9:
+            raise BadRequest(f"last must be a whole number of events, got {last_text[:40]!r}")
+        last = int(last_text)
+    since = None
+    if since_text is not None:
+        try:
+            seconds = float(since_text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(since_text.replace("z", "Z"))
+            except ValueError:
+                raise BadRequest(
+                    f"since must be seconds or an RFC 3339 time, got {since_text[:40]!r}"
+                ) from None
+            if moment.tzinfo is None:
+                raise BadRequest("since needs a time zone (e.g. Z or +09:00)") from None
+            since = moment.timestamp()
+        else:
+            if not math.isfinite(seconds) or seconds < 0:
+                raise BadRequest("since must be a non-negative number of seconds")
+            since = now - seconds
+    return StartAt(last=last, since=since)

@@ -37,6 +37,7 @@ from . import websocket
 from .commands import Command, error_payload, parse_command
 from .errors import BadRequest, ClientError
 from .hub import Hub
+from .replay import StartAt
 from .routes import Route
 from .subscriber import SocketSink, Subscriber
 
@@ -71,6 +72,7 @@ async def serve_websocket(
     send_timeout: float,
     max_topics: int,
     resume_from: str | None,
+    start_at: StartAt | None = None,
 ) -> None:
     """Upgrade the connection and serve one WebSocket subscriber until it ends."""
     handshake = H11Handshake(ConnectionType.SERVER)
@@ -114,7 +116,7 @@ async def serve_websocket(
             name=f"ws {_peer(sock)}",
         )
         session = _Session(hub, subscriber, connection, options, max_topics)
-        with hub.subscribe(subscriber, route.topics, resume_from=resume_from):
+        with hub.subscribe(subscriber, route.topics, resume_from=resume_from, start_at=start_at):
             try:
                 await session.read_loop(sock)
             except Exception:
