@@ -34,6 +34,9 @@ browser-deps:
 	@if [ -f tests/browser/package.json ] && command -v npm >/dev/null; then \
 		cd tests/browser && npm install --silent --no-audit --no-fund; fi
 
+cluster: $(STAMP)
+	$(BIN)/broker cluster --nodes 3
+
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m load.bench $(BENCH_ARGS)

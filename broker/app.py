@@ -22,6 +22,8 @@ from .hub import Hub
 from .topics import check_event_type, check_topic
 
 STATIC_DIR = Path(__file__).parent / "static"
+#: The runnable examples' pages, served at /examples/ when the broker runs from a checkout.
+EXAMPLES_DIR = Path(__file__).parent.parent / "examples"
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -59,6 +61,12 @@ def create_app(hub: Hub, *, extra_stats: Callable[[], dict[str, Any]] | None = N
     @app.get("/static/<path:name>")
     async def static_file(name: str) -> Any:
         return await send_from_directory(STATIC_DIR, name)
+
+    @app.get("/examples/<path:name>")
+    async def example_file(name: str) -> Any:
+        if name.endswith("/") or (EXAMPLES_DIR / name).is_dir():
+            name = name.rstrip("/") + "/index.html"
+        return await send_from_directory(EXAMPLES_DIR, name)
 
     @app.get("/healthz")
     async def healthz() -> Response:

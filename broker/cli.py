@@ -14,6 +14,7 @@ import trio
 from .config import Settings, load_settings
 from .errors import ConfigError
 from .server import RunningServer, serve
+from .supervisor import supervise
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,12 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="a config.toml (default: ./config.toml if present)")
     parser.add_argument("--host", help="listen address (overrides [server] host)")
     parser.add_argument("--port", type=int, help="listen port, 0 for any (overrides [server] port)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run N processes on the same port, joined as a cluster (one per core)",
+    )
     return parser
 
 
@@ -54,31 +61,74 @@ def run_main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"broker: {exc}", file=sys.stderr)
         return 2
+    workers = _run_parser().parse_args(argv).workers
+    if workers > 1:
+        return supervise(
+            workers,
+            host=settings.server.host,
+            port=settings.server.port,
+            peer_port=settings.cluster.port,
+            shared_port=True,
+            config=_run_parser().parse_args(argv).config,
+        )
     logging.basicConfig(
         level=settings.log.level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         trio.run(partial(_run, settings))
-    except OSError as exc:  # e.g. the port is taken
-        print(
-            f"broker: cannot serve on {settings.server.host}:{settings.server.port}: {exc}",
-            file=sys.stderr,
-        )
+    except (OSError, BaseExceptionGroup) as exc:  # e.g. the port is taken
+        if isinstance(exc, BaseExceptionGroup):
+            matched, _ = exc.split(OSError)
+            if matched is None:
+                raise
+            exc = _first_leaf(matched)
+        print(f"broker: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _first_leaf(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+def cluster_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="broker cluster", description="Run a local cluster of N nodes on consecutive ports."
+    )
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="first node's public port")
+    parser.add_argument("--peer-port", type=int, default=9080, help="first node's peer port")
+    parser.add_argument("--config", help="a config.toml for every node")
+    args = parser.parse_args(argv)
+    if args.nodes < 1:
+        print("broker: --nodes must be at least 1", file=sys.stderr)
+        return 2
+    return supervise(
+        args.nodes,
+        host=args.host,
+        port=args.port,
+        peer_port=args.peer_port,
+        shared_port=False,
+        config=args.config,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``broker`` command."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = "run, pub, sub"
+    commands = "run, cluster, pub, sub"
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: broker {{{commands}}} ...  (broker COMMAND --help for details)")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "run":
         return run_main(rest)
+    if command == "cluster":
+        return cluster_main(rest)
     if command in ("pub", "sub"):
         try:
             from broker_client import _cli  # the client library ships the CLI

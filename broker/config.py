@@ -27,6 +27,7 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = field(default=8080, metadata=_range(0, 65535))
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,27 @@ class WebSocketSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """``[cluster]``: peers that replicate to each other (off by default)."""
+
+    enabled: bool = False
+    node_id: str = ""
+    host: str = "127.0.0.1"
+    port: int = field(default=9080, metadata=_range(0, 65535))
+    advertise: str = ""
+    seeds: tuple[str, ...] = ()
+    secret: str = ""
+    heartbeat_seconds: float = field(default=1.0, metadata=_range(0.01, 600))
+    down_after_seconds: float = field(default=5.0, metadata=_range(0.05, 3600))
+    holdback_seconds: float = field(default=2.0, metadata=_range(0.01, 3600))
+    catchup_seconds: float = field(default=2.0, metadata=_range(0, 600))
+    log_size: int = field(default=100_000, metadata=_range(100, 100_000_000))
+    queue_frames: int = field(default=10_000, metadata=_range(10, 10_000_000))
+    max_frame_bytes: int = field(default=4 * 1024 * 1024, metadata=_range(1024, 1 << 30))
+    backoff_max_seconds: float = field(default=10.0, metadata=_range(0.01, 3600))
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownSettings:
     """``[shutdown]``: how long streams get to flush their final notice."""
 
@@ -90,6 +112,7 @@ class Settings:
     history: HistorySettings = HistorySettings()
     limits: LimitSettings = LimitSettings()
     websocket: WebSocketSettings = WebSocketSettings()
+    cluster: ClusterSettings = ClusterSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     log: LogSettings = LogSettings()
 
@@ -107,6 +130,12 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 def _coerce(where: str, value: Any, default: Any, meta: Mapping[str, Any]) -> Any:
     kind = type(default)
+    if kind is tuple:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
     if isinstance(value, str) and kind is bool:
         text = value.strip().lower()
         if text not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
@@ -199,6 +228,16 @@ def load_settings(
     for table, values in (overrides or {}).items():
         merged[table].update(values)
     settings = _build(merged, "flags" if overrides else source)
+    cluster = settings.cluster
+    if cluster.enabled and not cluster.secret:
+        raise ConfigError(
+            f"{source}: [cluster] secret is required when the cluster is enabled "
+            "(or set BROKER_CLUSTER_SECRET)"
+        )
+    if cluster.enabled and cluster.max_frame_bytes < settings.limits.max_body_bytes + 1024:
+        raise ConfigError(
+            f"{source}: [cluster] max_frame_bytes must exceed [limits] max_body_bytes"
+        )
     if settings.limits.max_body_bytes * 2 > settings.stream.queue_bytes:
         raise ConfigError(
             f"{source}: [stream] queue_bytes must be at least twice [limits] max_body_bytes"

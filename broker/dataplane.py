@@ -101,12 +101,21 @@ class DataPlane:
         limits: request and queue limits.
         handoff: serves the rest of a connection with hypercorn.
         ws_options: WebSocket settings.
+        catchup_seconds: in a cluster, how long a resuming subscriber may wait for this
+            node to catch up with the position it brings from another node.
     """
 
     def __init__(
-        self, hub: Hub, limits: Limits, handoff: Handoff, ws_options: WsOptions | None = None
+        self,
+        hub: Hub,
+        limits: Limits,
+        handoff: Handoff,
+        ws_options: WsOptions | None = None,
+        *,
+        catchup_seconds: float = 0.0,
     ) -> None:
         self.hub = hub
+        self.catchup_seconds = catchup_seconds
         self.ws_options = ws_options or WsOptions()
         self.limits = limits
         self.handoff = handoff
@@ -120,6 +129,17 @@ class DataPlane:
         self._closing = True
         for scope in self._waiting:
             scope.cancel()
+
+    async def catch_up(self, resume_from: str | None) -> None:
+        """Before resuming a client that was on another node, let this node catch up.
+
+        Starting the stream while this node has delivered less of some origin than the
+        client has seen would send ids that move the client backwards (shared/CLUSTER.md).
+        After ``catchup_seconds`` the stream starts anyway and says ``broker.reset``.
+        """
+        if self.catchup_seconds and self.hub.behind(resume_from):
+            assert resume_from is not None
+            await self.hub.wait_caught_up(resume_from, self.catchup_seconds)
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         """Serve one accepted connection until it closes; always closes it."""
@@ -228,6 +248,7 @@ class DataPlane:
         except ClientError as error:
             await _send_quietly(stream, error_response(error, keep_alive=False))
             return
+        await self.catch_up(resume_from)
         limits = self.limits
         self.streams += 1
         try:
@@ -257,6 +278,7 @@ class DataPlane:
         except ClientError as error:
             await _send_quietly(stream, error_response(error, keep_alive=False))
             return
+        await self.catch_up(resume_from)
         if self.hub.stream_is_over(route.topics, resume_from):
             # The client has every event of these closed topics: 204 makes an EventSource
             # stop reconnecting for good.

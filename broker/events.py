@@ -29,7 +29,9 @@ class Event:
         seq: its sequence number within that origin.
         index: its place in this node's delivery order (merges per-topic histories).
         id: the node's position vector right after it, as an opaque event id.
-        published_at: wall-clock publish time, seconds since the epoch (data, not a timer).
+        published_at: wall-clock publish time at the origin, seconds since the epoch.
+        retain: it is (was published as) its topic's current state for its type.
+        final: it closed its topic.
         sse: the complete SSE frame.
     """
 
@@ -41,11 +43,13 @@ class Event:
         "_ws_text",
         "data",
         "event_type",
+        "final",
         "id",
         "index",
         "is_json",
         "origin",
         "published_at",
+        "retain",
         "seq",
         "sse",
         "topic",
@@ -63,6 +67,8 @@ class Event:
         index: int,
         event_id: str,
         published_at: float,
+        retain: bool = False,
+        final: bool = False,
     ) -> None:
         self.topic = topic
         self.event_type = event_type
@@ -73,6 +79,8 @@ class Event:
         self.index = index
         self.id = event_id
         self.published_at = published_at
+        self.retain = retain
+        self.final = final
         self.sse = sse.encode_frame(event_id, event_type, data)
         self._envelope: str | None = None
         self._sse_envelope: bytes | None = None
@@ -95,6 +103,8 @@ class Event:
             index=self.index,
             event_id=event_id,
             published_at=self.published_at,
+            retain=self.retain,
+            final=self.final,
         )
 
     def value(self) -> Any:

@@ -17,15 +17,17 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from typing import Final
 
 import trio
 
 from . import positions
-from .errors import TopicClosed
+from .errors import BadEventId, TopicClosed
 from .events import Event
 from .history import TopicHistory
 from .replay import StartAt, has_everything, plan_start
@@ -87,6 +89,7 @@ class Hub:
         origin: this node's origin token (a fresh one by default).
         heartbeat_seconds: announced in ``broker.start`` so clients can size their
             silence timeout (the heartbeat task itself runs in :func:`open_hub`).
+        log_size: events kept per origin for peers that missed them (0 without a cluster).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Hub:
         retry_ms: int = DEFAULT_RETRY_MS,
         origin: str | None = None,
         heartbeat_seconds: float = 15.0,
+        log_size: int = 0,
     ) -> None:
         self.history_size = history_size
         self.heartbeat_seconds = heartbeat_seconds
@@ -108,6 +112,15 @@ class Hub:
         self._subscribers: dict[Subscriber, None] = {}
         self._closed = False
         self.published = 0
+        self.replicated_in = 0
+        self.lost = 0
+        #: Called with every event published on this node (the cluster replicates them).
+        self.listeners: list[Callable[[Event], None]] = []
+        self.log_size = log_size
+        self._logs: dict[str, deque[Event]] = {}
+        #: Per origin, events up to this seq may be missing here (joined late, gave up).
+        self.floor: dict[str, int] = {}
+        self._progress = trio.Event()
         self._delivered_by_gone = 0
         self._dropped_by_gone = 0
         self.evicted = 0
@@ -157,8 +170,12 @@ class Hub:
             index=self._index,
             event_id=event_id,
             published_at=time.time(),
+            retain=retain,
+            final=final,
         )
-        self._deliver(event, retain=retain, final=final)
+        self._deliver(event)
+        for listener in self.listeners:
+            listener(event)
         return event
 
     def publish_batch_nowait(self, items: Iterable[PublishItem]) -> list[Event]:
@@ -175,19 +192,137 @@ class Hub:
             for item in items
         ]
 
-    def _deliver(self, event: Event, *, retain: bool = False, final: bool = False) -> None:
+    def _deliver(self, event: Event) -> None:
         self.published += 1
         state = self._topics.get(event.topic)
         if state is None:
             state = self._topics[event.topic] = _Topic(event.topic, self.history_size)
         state.history.append(event)
-        if retain:
+        if self.log_size:
+            log = self._logs.get(event.origin)
+            if log is None:
+                log = self._logs[event.origin] = deque(maxlen=self.log_size)
+            log.append(event)
+        if event.retain:
             state.retained[event.event_type] = event
         for subscriber in state.subscribers:
             subscriber.offer(event)
-        if final:
+        if event.final:
             state.final = event
             self._end_topic(state, event)
+
+    # -- replication (used by the cluster) --------------------------------------------------
+
+    @property
+    def vector(self) -> dict[str, int]:
+        """This node's position vector: per origin, the last seq delivered here (read-only)."""
+        return self._vector
+
+    def deliver_remote(
+        self,
+        *,
+        origin: str,
+        seq: int,
+        topic: str,
+        data: str,
+        event_type: str | None,
+        is_json: bool,
+        published_at: float,
+        retain: bool = False,
+        final: bool = False,
+    ) -> Event | None:
+        """Deliver an event another node accepted. Never blocks.
+
+        The caller delivers each origin's events in seq order (``seq == vector[origin] + 1``,
+        see ``cluster/replication.py``); this node's id for it is its vector right after.
+        An event for a topic this node already saw closed is counted but not delivered.
+        """
+        if origin == self.origin or seq != self._vector.get(origin, 0) + 1:
+            raise ValueError(f"out of order: {origin}-{seq} after {self._vector.get(origin, 0)}")
+        self._index += 1
+        self._vector[origin] = seq
+        self.replicated_in += 1
+        self._progress.set()
+        state = self._topics.get(topic)
+        if state is not None and state.final is not None:
+            return None
+        event = Event(
+            topic=topic,
+            event_type=event_type,
+            data=data,
+            is_json=is_json,
+            origin=origin,
+            seq=seq,
+            index=self._index,
+            event_id=positions.format_position(self._vector),
+            published_at=published_at,
+            retain=retain,
+            final=final,
+        )
+        self._deliver(event)
+        return event
+
+    def skip_remote(self, origin: str, up_to: int) -> None:
+        """Give up on an origin's events up to ``up_to``: no node can supply them any more.
+
+        Every subscriber is told in-band (``broker.gap``); resumes from positions before
+        ``up_to`` are reported as not exact from now on.
+        """
+        if up_to <= self._vector.get(origin, 0):
+            return
+        lost = up_to - self._vector.get(origin, 0)
+        self._vector[origin] = up_to
+        self.floor[origin] = max(self.floor.get(origin, 0), up_to)
+        self.lost += lost
+        self._progress.set()
+        log.warning("gave up on %d events of origin %s (up to %d)", lost, origin, up_to)
+        for subscriber in list(self._subscribers):
+            subscriber.offer_notice(
+                subscriber.codec.notice(
+                    "broker.gap",
+                    subscriber.position,
+                    {"origin": origin, "lost": lost, "position": subscriber.position},
+                ),
+                subscriber.position,
+            )
+
+    def log_after(self, origin: str, seq: int, limit: int) -> tuple[list[Event], int]:
+        """Up to ``limit`` events of ``origin`` after ``seq`` from the replication log.
+
+        Returns:
+            ``(events, first_available)``: ``first_available`` is the oldest seq still in
+            the log (events between ``seq`` and it are gone from this node).
+        """
+        events = self._logs.get(origin)
+        if not events:
+            return [], self._vector.get(origin, 0) + 1
+        first = events[0].seq
+        index = min(max(0, seq + 1 - first), len(events))
+        while index > 0 and events[index - 1].seq > seq:  # a skipped range shifted seqs
+            index -= 1
+        while index < len(events) and events[index].seq <= seq:
+            index += 1
+        return list(islice(events, index, index + limit)), first
+
+    def behind(self, resume_from: str | None) -> bool:
+        """This node has delivered less of some origin than the client has seen."""
+        if resume_from is None:
+            return False
+        try:
+            requested = positions.parse_position(resume_from)
+        except BadEventId:
+            return False
+        vector = self._vector
+        return any(vector.get(o, 0) < s for o, s in requested.items())
+
+    async def wait_caught_up(self, resume_from: str, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until this node has delivered what the client saw."""
+        with trio.move_on_after(timeout):
+            while self.behind(resume_from):
+                await self._progress.wait()
+                self._progress = trio.Event()
+            return True
+        return False
 
     def _end_topic(self, state: _Topic, final: Event) -> None:
         for subscriber in list(state.subscribers):
@@ -257,7 +392,9 @@ class Hub:
             if state is None:
                 state = self._topics[topic] = _Topic(topic, self.history_size)
             states.append(state)
-        plan = plan_start(self._vector, states, resume_from=resume_from, start_at=start_at)
+        plan = plan_start(
+            self._vector, states, resume_from=resume_from, start_at=start_at, floor=self.floor
+        )
         subscriber.topics = topic_set
         self._subscribers[subscriber] = None
         for state in states:

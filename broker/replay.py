@@ -81,8 +81,13 @@ def plan_start(
     *,
     resume_from: str | None,
     start_at: StartAt | None = None,
+    floor: Mapping[str, int] | None = None,
 ) -> StartPlan:
-    """Plan the start of a stream over ``topics`` on a node at position ``vector``."""
+    """Plan the start of a stream over ``topics`` on a node at position ``vector``.
+
+    ``floor`` holds, per origin, the seq up to which this node may lack events (it joined
+    late or gave up on a gap): a resume from below it is not exact.
+    """
     retained = sorted(
         {
             id(e): e
@@ -125,8 +130,9 @@ def plan_start(
         }
         return StartPlan("broker.reset", payload, position, retained, [], ended=all_closed)
     known = {o: min(s, vector[o]) for o, s in requested.items() if o in vector}
-    unknown = len(known) < len(requested)
-    exact = not unknown
+    # An origin this node never heard of is harmless if the client saw none of its events.
+    unknown = any(s > 0 for o, s in requested.items() if o not in vector)
+    exact = not unknown and all(known.get(o, 0) >= f for o, f in (floor or {}).items())
     missed = []
     for topic in topics:
         topic_events, topic_exact = topic.history.after(known)

@@ -15,6 +15,9 @@ Shutdown, in this order and only here:
 from __future__ import annotations
 
 import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -23,6 +26,7 @@ import trio
 
 from .app import create_app
 from .asgi import HotRoutes
+from .cluster import Cluster, ClusterOptions, open_cluster
 from .config import Settings
 from .controlplane import ControlPlane
 from .dataplane import DataPlane, Limits
@@ -41,12 +45,14 @@ class RunningServer:
         hub: the node's hub.
         dataplane: the public listener's connection handler (connection counts).
         control: the hypercorn side.
+        cluster: this node's cluster membership, if ``[cluster] enabled``.
     """
 
     urls: list[str]
     hub: Hub
     dataplane: DataPlane
     control: ControlPlane
+    cluster: Cluster | None = None
     _shutdown: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -88,11 +94,16 @@ async def serve(
     """
     limits = limits_from(settings)
     grace = settings.shutdown.grace_seconds
-    async with open_hub(
-        heartbeat_seconds=settings.stream.heartbeat_seconds,
-        history_size=settings.history.size,
-        retry_ms=settings.stream.retry_ms,
-    ) as hub:
+    clustered = settings.cluster.enabled
+    async with (
+        open_hub(
+            heartbeat_seconds=settings.stream.heartbeat_seconds,
+            history_size=settings.history.size,
+            retry_ms=settings.stream.retry_ms,
+            log_size=settings.cluster.log_size if clustered else 0,
+        ) as hub,
+        _maybe_cluster(hub, settings) as cluster,
+    ):
         running: RunningServer
         app = create_app(hub, extra_stats=lambda: _connection_stats(running))
         app.asgi_app = HotRoutes(app.asgi_app, hub, limits)  # type: ignore[method-assign]
@@ -108,10 +119,14 @@ async def serve(
                 max_message_bytes=ws.max_message_bytes,
                 allow_publish=ws.allow_publish,
             )
-            dataplane = DataPlane(hub, limits, control.serve, ws_options)
-            listeners = await trio.open_tcp_listeners(
-                settings.server.port, host=settings.server.host
+            dataplane = DataPlane(
+                hub,
+                limits,
+                control.serve,
+                ws_options,
+                catchup_seconds=settings.cluster.catchup_seconds if clustered else 0.0,
             )
+            listeners = await _open_listeners(settings)
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()
                 serve_listeners = partial(
@@ -127,7 +142,7 @@ async def serve(
 
                 bound = await nursery.start(accept)
                 urls = [_url(listener.socket.getsockname()) for listener in bound]
-                running = RunningServer(urls, hub, dataplane, control)
+                running = RunningServer(urls, hub, dataplane, control, cluster)
                 for url in urls:
                     log.info("listening on %s (origin %s)", url, hub.origin)
                 task_status.started(running)
@@ -144,8 +159,50 @@ async def serve(
 
 
 def _connection_stats(server: RunningServer) -> dict[str, Any]:
-    return {
+    stats: dict[str, Any] = {
         "connections": server.dataplane.connections,
         "streams": server.dataplane.streams,
         "handed_off_connections": server.control.connections,
     }
+    if server.cluster is not None:
+        stats["cluster"] = server.cluster.statistics()
+    return stats
+
+
+@asynccontextmanager
+async def _maybe_cluster(hub: Hub, settings: Settings) -> AsyncIterator[Cluster | None]:
+    config = settings.cluster
+    if not config.enabled:
+        yield None
+        return
+    options = ClusterOptions(
+        node_id=config.node_id or hub.origin,
+        host=config.host,
+        port=config.port,
+        advertise=config.advertise,
+        seeds=config.seeds,
+        secret=config.secret.encode(),
+        heartbeat_seconds=config.heartbeat_seconds,
+        down_after_seconds=config.down_after_seconds,
+        holdback_seconds=config.holdback_seconds,
+        max_frame_bytes=config.max_frame_bytes,
+        queue_frames=config.queue_frames,
+        backoff_max_seconds=config.backoff_max_seconds,
+    )
+    async with open_cluster(hub, options) as cluster:
+        log.info("cluster: node %s, peer link on %s", options.node_id, cluster.addr)
+        yield cluster
+
+
+async def _open_listeners(settings: Settings) -> list[trio.SocketListener]:
+    server = settings.server
+    if not server.reuse_port:
+        return await trio.open_tcp_listeners(server.port, host=server.host)
+    # --workers: every worker binds the same port; the kernel spreads the connections.
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    await sock.bind((server.host, server.port))
+    sock.listen(4096)
+    return [trio.SocketListener(sock)]

@@ -29,6 +29,13 @@
  *   or the `id` of `broker.start` / `broker.reset` (stream position) and `broker.dropped`
  *   (`resume_from`). Ids are opaque: stored and sent back, never parsed or compared.
  * - A connection counts as open only once `broker.start` (or any frame) arrived.
+ * - Retained events (and a closed topic's final event) come right after `broker.start` with
+ *   the stream's start position as their id, so several events may share one id. Duplicates
+ *   are therefore recognised by (id, topic, type), which is unique for those too.
+ * - `broker.end` for every subscribed topic ends the subscription for good: status `closed`
+ *   with reason `ended`, no reconnect (a reconnect would only get `204 No Content`).
+ * - With `maxAttempts`, that many attempts in a row that never opened leave the subscription
+ *   `failed`: no more reconnects until `retry()`.
  *
  * Transport choice (`transport: 'auto'`): SSE first; WebSocket when `window.EventSource` is
  * missing, when an SSE stream sends nothing within `openTimeoutMs` (a buffering proxy), or
@@ -51,6 +58,7 @@ export const STATUS = Object.freeze({
   OPEN: 'open',
   RECONNECTING: 'reconnecting',
   FALLBACK: 'fallback',
+  FAILED: 'failed',
   CLOSED: 'closed',
 });
 
@@ -60,6 +68,7 @@ export const NOTICE_TYPES = Object.freeze([
   'broker.reset',
   'broker.dropped',
   'broker.shutdown',
+  'broker.end',
   'broker.heartbeat',
 ]);
 
@@ -99,9 +108,15 @@ export class BrokerError extends Error {
  *   data and the decoded value for JSON data
  * @param {(status: string, detail: {transport: string, reason?: string, delayMs?: number}) => void} [options.onStatus]
  * @param {(notice: {type: string, id: string|null, data: any, transport: string}) => void} [options.onNotice]
- *   broker.start, broker.reset, broker.dropped, broker.shutdown and any other broker.* notice
- *   except heartbeats
+ *   broker.start, broker.reset, broker.dropped, broker.shutdown, broker.end and any other
+ *   broker.* notice except heartbeats
  * @param {string} [options.lastEventId] resume after this id
+ * @param {number} [options.last] without `lastEventId`: start with the newest `last` events of
+ *   the topics (sent on the first connection only; later ones resume from the stream position)
+ * @param {number|string|Date} [options.since] without `lastEventId`: start with the events of
+ *   the last `since` seconds, or since an RFC 3339 time / Date (first connection only)
+ * @param {number} [options.maxAttempts=Infinity] after this many attempts in a row that did not
+ *   open, stop with status `failed` until `retry()`
  * @param {'auto'|'sse'|'ws'} [options.transport='auto']
  * @param {number} [options.heartbeatSeconds=15] the broker's heartbeat interval (a
  *   `heartbeat_seconds` in `broker.start` overrides it)
@@ -171,6 +186,9 @@ export class Subscription {
   #conn = null; // { close() } of the current connection
   #opened = false; // the current connection delivered its first frame
   #attempt = 0; // failed attempts since the last open, indexes the backoff
+  #failures = 0; // attempts in a row that never opened, against maxAttempts
+  #ended = new Set(); // topics the broker closed (broker.end)
+  #stats = { attempts: 0, opens: 0, events: 0, lastEventAt: null, lastFrameAt: null, openedAt: null };
   #sseErrors = 0; // SSE attempts in a row that failed before opening
   #quietStreak = 0; // SSE connections in a row that ended by going quiet
   #probing = false; // trying WebSocket once to tell "SSE blocked" from "broker down"
@@ -195,7 +213,11 @@ export class Subscription {
       jitter: options.jitter ?? DEFAULT_JITTER,
       openTimeoutMs: options.openTimeoutMs ?? DEFAULT_OPEN_TIMEOUT_MS,
       eventTypes: options.eventTypes || [],
+      last: options.last ?? null,
+      since: options.since ?? null,
+      maxAttempts: options.maxAttempts ?? Infinity,
     };
+    if (!(this.#opts.maxAttempts >= 1)) throw new TypeError('subscribe: maxAttempts must be at least 1');
     this.#heartbeatMs = 1000 * (options.heartbeatSeconds ?? DEFAULT_HEARTBEAT_SECONDS);
     this.#lastEventId = options.lastEventId || null;
 
@@ -217,7 +239,7 @@ export class Subscription {
     this.#connect();
   }
 
-  /** 'connecting' | 'open' | 'reconnecting' | 'fallback' | 'closed' */
+  /** 'connecting' | 'open' | 'reconnecting' | 'fallback' | 'failed' | 'closed' */
   get status() {
     return this.#status;
   }
@@ -236,13 +258,65 @@ export class Subscription {
     return [...this.#topics];
   }
 
+  /** The topics the broker closed for good (`broker.end`), in the order it said so. */
+  get ended() {
+    return [...this.#ended];
+  }
+
+  /**
+   * Connection statistics for a status panel (a fresh object on each read; times are
+   * `Date.now()` milliseconds):
+   * `attempts` connections tried, `reconnects` streams opened after the first one,
+   * `failures` attempts in a row that did not open, `events` events delivered,
+   * `lastEventAt` when the last event was delivered, `lastFrameAt` when anything (an event,
+   * a notice, a visible heartbeat) last arrived, `openedAt` when the current stream opened,
+   * `heartbeatMs` the broker's heartbeat interval, `quietMs` the silence after which a stream
+   * counts as dead (once visible heartbeats were seen).
+   */
+  get stats() {
+    const s = this.#stats;
+    return {
+      attempts: s.attempts,
+      reconnects: Math.max(0, s.opens - 1),
+      failures: this.#failures,
+      events: s.events,
+      lastEventAt: s.lastEventAt,
+      lastFrameAt: s.lastFrameAt,
+      openedAt: s.openedAt,
+      heartbeatMs: this.#heartbeatMs,
+      quietMs: QUIET_FACTOR * this.#heartbeatMs,
+    };
+  }
+
   /** Close the connection and stop reconnecting. Idempotent; no callback fires afterwards. */
   close() {
+    this.#finish('closed by the page');
+  }
+
+  /**
+   * Reconnect now: after `failed` (the manual retry button), or to skip a pending backoff
+   * wait. The failure count and the backoff start over.
+   *
+   * @returns {boolean} whether a connection attempt was started (false while connected or
+   *   connecting, and after `close()` or the end of every topic)
+   */
+  retry() {
+    if (this.#status === STATUS.CLOSED || this.#conn !== null) return false;
+    clearTimeout(this.#timers.reconnect);
+    this.#failures = 0;
+    this.#attempt = 0;
+    this.#setStatus(STATUS.RECONNECTING, 'retry', 0);
+    if (this.#status === STATUS.CLOSED) return false; // closed from the onStatus callback
+    this.#connect();
+    return true;
+  }
+
+  #finish(reason) {
     if (this.#status === STATUS.CLOSED) return;
     this.#teardown();
     clearTimeout(this.#timers.reconnect);
     globalThis.removeEventListener?.('online', this.#onOnline);
-    this.#setStatus(STATUS.CLOSED, 'closed by the page');
+    this.#setStatus(STATUS.CLOSED, reason);
   }
 
   // -- connections -------------------------------------------------------------------------
@@ -251,13 +325,21 @@ export class Subscription {
     if (this.#status === STATUS.CLOSED) return;
     const gen = ++this.#gen;
     this.#opened = false;
+    this.#stats.attempts += 1;
     this.#conn = this.#transport === 'sse' ? this.#openSse(gen) : this.#openWs(gen);
     this.#timers.open = setTimeout(() => this.#onOpenTimeout(gen), this.#opts.openTimeoutMs);
   }
 
   #query() {
     const params = { topic: this.#topics };
-    if (this.#lastEventId) params.last_event_id = this.#lastEventId;
+    if (this.#lastEventId) {
+      params.last_event_id = this.#lastEventId;
+    } else {
+      // Only until the broker gave a position: after that every reconnect resumes from it.
+      const { last, since } = this.#opts;
+      if (last !== null) params.last = String(last);
+      if (since !== null) params.since = since instanceof Date ? since.toISOString() : String(since);
+    }
     return params;
   }
 
@@ -315,6 +397,7 @@ export class Subscription {
 
   #onFrame(gen, type, env) {
     if (gen !== this.#gen) return;
+    this.#stats.lastFrameAt = Date.now();
     if (!this.#opened) this.#markOpen();
     this.#armQuietTimer(gen);
     const kind = env.event || (type === 'message' ? null : type);
@@ -328,6 +411,9 @@ export class Subscription {
     this.#opened = true;
     clearTimeout(this.#timers.open);
     this.#attempt = 0;
+    this.#failures = 0;
+    this.#stats.opens += 1;
+    this.#stats.openedAt = Date.now();
     if (this.#transport === 'sse') this.#sseErrors = 0;
     else {
       this.#wsOpened = true;
@@ -338,13 +424,18 @@ export class Subscription {
 
   #onUserEvent(env) {
     const id = env.id ?? null;
+    const topic = env.topic ?? null;
     if (id !== null) {
-      if (this.#seen.has(id)) return;
-      this.#seen.add(id);
+      // Retained events share the start position as their id: (id, topic, type) tells them apart.
+      const key = `${id}\u0000${topic ?? ''}\u0000${env.event ?? ''}`;
+      if (this.#seen.has(key)) return;
+      this.#seen.add(key);
       if (this.#seen.size > SEEN_IDS_LIMIT) this.#seen.delete(this.#seen.values().next().value);
       this.#lastEventId = id;
     }
-    const event = { id, topic: env.topic ?? null, event: env.event, data: env.data, transport: this.#transport };
+    this.#stats.events += 1;
+    this.#stats.lastEventAt = Date.now();
+    const event = { id, topic, event: env.event, data: env.data, transport: this.#transport };
     safeCall(this.#opts.onEvent, event);
   }
 
@@ -363,8 +454,15 @@ export class Subscription {
     if (type === 'broker.start' && data && data.heartbeat_seconds > 0) {
       this.#heartbeatMs = 1000 * data.heartbeat_seconds;
     }
+    if (type === 'broker.end' && data && typeof data.topic === 'string') this.#ended.add(data.topic);
     safeCall(this.#opts.onNotice, { type, id: env.id ?? null, data, transport: this.#transport });
-    if (type === 'broker.shutdown' && gen === this.#gen) {
+    if (gen !== this.#gen) return; // closed or replaced from the onNotice callback
+    if (type === 'broker.end' && this.#topics.every((t) => this.#ended.has(t))) {
+      // Every topic is closed for good: a reconnect would only get 204 No Content.
+      this.#finish('ended');
+      return;
+    }
+    if (type === 'broker.shutdown') {
       const retryMs = Number(data && data.retry_ms);
       this.#teardown();
       this.#quietStreak = 0;
@@ -396,6 +494,7 @@ export class Subscription {
   #onOpenTimeout(gen) {
     if (gen !== this.#gen) return;
     this.#teardown();
+    if (this.#attemptFailed('stream did not start')) return;
     if (this.#transport === 'sse' && this.#opts.mode === 'auto') {
       this.#switchToWs('SSE stream did not start');
       return;
@@ -412,6 +511,7 @@ export class Subscription {
     const wasOpen = this.#opened;
     this.#teardown();
     this.#quietStreak = 0;
+    if (!wasOpen && this.#attemptFailed(reason)) return;
     if (!wasOpen && this.#transport === 'sse' && this.#opts.mode === 'auto') {
       this.#sseErrors += 1;
       if (this.#sseErrors >= SSE_ERRORS_BEFORE_WS_PROBE) {
@@ -427,6 +527,17 @@ export class Subscription {
       this.#transport = 'sse';
     }
     this.#scheduleReconnect(null, reason);
+  }
+
+  /** Count an attempt that never opened; past `maxAttempts`, stop with status `failed`. */
+  #attemptFailed(reason) {
+    this.#failures += 1;
+    if (this.#failures < this.#opts.maxAttempts) return false;
+    clearTimeout(this.#timers.reconnect);
+    this.#probing = false;
+    if (this.#opts.mode === 'auto' && !this.#wsOpened) this.#transport = 'sse';
+    this.#setStatus(STATUS.FAILED, `${reason}; gave up after ${this.#failures} attempts`);
+    return true;
   }
 
   #switchToWs(reason) {

@@ -141,3 +141,43 @@ class BrokerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+CLUSTER_TEST = {
+    "enabled": True,
+    "port": 0,
+    "secret": "test-secret",
+    "heartbeat_seconds": 0.1,
+    "down_after_seconds": 1.0,
+    "holdback_seconds": 0.5,
+    "catchup_seconds": 3.0,
+    "backoff_max_seconds": 0.5,
+}
+
+
+def cluster_tables(node_id: str, seeds: list[str], **tables: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings tables for one in-process cluster node."""
+    cluster = {
+        **CLUSTER_TEST,
+        "node_id": node_id,
+        "seeds": tuple(seeds),
+        **tables.pop("cluster", {}),
+    }
+    return {"cluster": cluster, **tables}
+
+
+async def start_node(
+    nursery: trio.Nursery, node_id: str, seeds: list[str], **tables: Any
+) -> RunningServer:
+    """Start one cluster node in ``nursery``; stop it with ``server.request_shutdown()``."""
+    settings = TEST_SETTINGS.replace(**cluster_tables(node_id, seeds, **tables))
+    return await nursery.start(serve, settings)
+
+
+async def wait_linked(servers: list[RunningServer], timeout: float = 10) -> None:
+    """Wait until every node has a link to every other."""
+    with trio.fail_after(timeout):
+        while not all(
+            len(s.cluster.links) == len(servers) - 1 for s in servers if s.cluster is not None
+        ):
+            await trio.sleep(0.02)

@@ -1,0 +1,145 @@
+"""The peer link's frames: 4-byte big-endian length, then one msgpack map (sans-IO).
+
+Why length-prefixed TCP and not WebSocket: the peer link is a private, persistent,
+bidirectional byte stream between two brokers. A length prefix bounds every frame before a
+byte of it is buffered, needs no HTTP handshake, and costs 4 bytes; a WebSocket would add
+an upgrade, masking and a second framing layer for nothing a peer needs.
+
+Frame types (``t``):
+
+    hello   {node, origin, nonce, addr}       first frame on a link, both directions
+    auth    {mac}                             HMAC over both nonces (see auth.py)
+    members {peers: {node: addr}}             gossip: everyone this node knows
+    hb      {v: {origin: seq}}                heartbeat and anti-entropy digest (the vector)
+    ev      {o, s, tp, e, d, j, ts, r, f}     one event: origin, seq, topic, type, data,
+                                              is_json, published_at, retain, final
+    gap     {o, to}                           "I no longer hold origin o's events up to to"
+    bye     {}                                a clean goodbye
+
+Anything else, a frame over the size limit, or bytes that are not msgpack raise
+:class:`FrameError`; the link is then closed and logged, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+import msgpack
+
+PREFIX: Final = struct.Struct("!I")
+DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
+TYPES: Final = frozenset({"hello", "auth", "members", "hb", "ev", "gap", "bye"})
+
+
+class FrameError(Exception):
+    """The peer sent something that is not a valid frame."""
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    """One frame, length prefix included."""
+    body = msgpack.packb(frame, use_bin_type=True)
+    return PREFIX.pack(len(body)) + body
+
+
+def encode_event(
+    *,
+    origin: str,
+    seq: int,
+    topic: str,
+    event_type: str | None,
+    data: str,
+    is_json: bool,
+    published_at: float,
+    retain: bool,
+    final: bool,
+) -> bytes:
+    return encode(
+        {
+            "t": "ev",
+            "o": origin,
+            "s": seq,
+            "tp": topic,
+            "e": event_type,
+            "d": data,
+            "j": is_json,
+            "ts": published_at,
+            "r": retain,
+            "f": final,
+        }
+    )
+
+
+class FrameDecoder:
+    """Splits a byte stream into frames.
+
+    Args:
+        max_frame_bytes: the largest frame accepted; a larger length prefix is an error
+            before any of its body is buffered.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Add received bytes; return the complete frames, validated.
+
+        Raises:
+            FrameError: oversized, undecodable or malformed frames.
+        """
+        buffer = self._buffer
+        buffer += data
+        frames = []
+        while len(buffer) >= PREFIX.size:
+            (length,) = PREFIX.unpack_from(buffer)
+            if length > self.max_frame_bytes:
+                raise FrameError(f"frame of {length} bytes is over {self.max_frame_bytes}")
+            if len(buffer) < PREFIX.size + length:
+                break
+            body = bytes(buffer[PREFIX.size : PREFIX.size + length])
+            del buffer[: PREFIX.size + length]
+            frames.append(_check(body))
+        return frames
+
+
+def _check(body: bytes) -> dict[str, Any]:
+    try:
+        frame = msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
+        raise FrameError(f"not msgpack: {exc}") from None
+    if not isinstance(frame, dict) or frame.get("t") not in TYPES:
+        raise FrameError("not a peer frame")
+    kind = frame["t"]
+    try:
+        if kind == "ev":
+            _need(frame, o=str, s=int, tp=str, d=str, j=bool, ts=float | int, r=bool, f=bool)
+            if frame.get("e") is not None and not isinstance(frame["e"], str):
+                raise FrameError("bad event type")
+            if frame["s"] < 1:
+                raise FrameError("bad seq")
+        elif kind == "hello":
+            _need(frame, node=str, origin=str, nonce=bytes, addr=str)
+        elif kind == "auth":
+            _need(frame, mac=bytes)
+        elif kind == "hb":
+            _need(frame, v=dict)
+            if not all(isinstance(k, str) and isinstance(v, int) for k, v in frame["v"].items()):
+                raise FrameError("bad vector")
+        elif kind == "members":
+            _need(frame, peers=dict)
+            if not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in frame["peers"].items()
+            ):
+                raise FrameError("bad member list")
+        elif kind == "gap":
+            _need(frame, o=str, to=int)
+    except KeyError as exc:
+        raise FrameError(f"{kind} frame without {exc}") from None
+    return frame
+
+
+def _need(frame: dict[str, Any], **types: Any) -> None:
+    for name, kind in types.items():
+        if not isinstance(frame[name], kind) or (kind is int and isinstance(frame[name], bool)):
+            raise FrameError(f"{frame['t']} frame: bad {name}")

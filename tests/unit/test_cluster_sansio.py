@@ -1,0 +1,131 @@
+import msgpack
+import pytest
+
+from broker.cluster import auth, frames
+from broker.cluster.membership import Membership
+from broker.cluster.replication import Replicator, ranges_to_send
+
+
+def ev(origin, seq):
+    return {
+        "t": "ev",
+        "o": origin,
+        "s": seq,
+        "tp": "t",
+        "e": None,
+        "d": "x",
+        "j": False,
+        "ts": 0.0,
+        "r": False,
+        "f": False,
+    }
+
+
+def test_frames_round_trip_across_arbitrary_splits():
+    data = frames.encode({"t": "hb", "v": {"a": 3}}) + frames.encode(ev("a", 1))
+    for cut in range(len(data)):
+        decoder = frames.FrameDecoder()
+        got = decoder.feed(data[:cut]) + decoder.feed(data[cut:])
+        assert [f["t"] for f in got] == ["hb", "ev"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xc1",
+        msgpack.packb([1, 2]),
+        msgpack.packb({"t": "nope"}),
+        msgpack.packb({"t": "ev"}),
+        msgpack.packb({**ev("a", 1), "s": "1"}),
+        msgpack.packb({**ev("a", 1), "s": 0}),
+        msgpack.packb({"t": "hb", "v": {"a": "x"}}),
+        msgpack.packb({"t": "hello", "node": 1}),
+    ],
+)
+def test_invalid_frames_raise(body):
+    with pytest.raises(frames.FrameError):
+        frames.FrameDecoder().feed(frames.PREFIX.pack(len(body)) + body)
+
+
+def test_oversized_frame_is_refused_before_its_body_arrives():
+    with pytest.raises(frames.FrameError, match="over"):
+        frames.FrameDecoder(max_frame_bytes=100).feed(frames.PREFIX.pack(101))
+
+
+def test_auth_binds_nonces_and_node():
+    mine, theirs = auth.new_nonce(), auth.new_nonce()
+    mac = auth.prove(b"s", mine, theirs, "peer")
+    assert auth.verify(b"s", mine, theirs, "peer", mac)
+    assert not auth.verify(b"other", mine, theirs, "peer", mac)
+    assert not auth.verify(b"s", mine, theirs, "impostor", mac)
+    assert not auth.verify(b"s", auth.new_nonce(), theirs, "peer", mac)
+
+
+class FakeHub:
+    def __init__(self):
+        self.vector = {}
+        self.delivered = []
+        self.skipped = []
+
+    def deliver(self, frame):
+        assert frame["s"] == self.vector.get(frame["o"], 0) + 1
+        self.vector[frame["o"]] = frame["s"]
+        self.delivered.append((frame["o"], frame["s"]))
+
+    def skip(self, origin, up_to):
+        self.vector[origin] = up_to
+        self.skipped.append((origin, up_to))
+
+
+def test_replicator_delivers_in_order_holds_back_and_drops_duplicates():
+    hub = FakeHub()
+    replicator = Replicator(hub.vector, hub.deliver, hub.skip, holdback_seconds=1)
+    for seq in [1, 3, 4, 2, 2, 1, 5]:
+        replicator.receive(ev("a", seq), now=0)
+    assert hub.delivered == [("a", n) for n in range(1, 6)]
+    assert replicator.duplicates == 2
+    assert replicator.held == 0
+    assert replicator.waiting() == 0
+
+
+def test_replicator_gives_up_a_gap_after_the_holdback():
+    hub = FakeHub()
+    replicator = Replicator(hub.vector, hub.deliver, hub.skip, holdback_seconds=1)
+    replicator.receive(ev("a", 1), now=0)
+    replicator.receive(ev("a", 4), now=0)
+    replicator.expire(now=0.5)
+    assert hub.skipped == []
+    replicator.expire(now=1.5)
+    assert hub.skipped == [("a", 3)]
+    assert hub.delivered == [("a", 1), ("a", 4)]
+    replicator.gap_hint("b", 10, now=2)
+    replicator.expire(now=3.1)
+    assert hub.skipped[-1] == ("b", 10)
+
+
+def test_ranges_to_send():
+    own = {"a": 10, "b": 5, "c": 1}
+    assert ranges_to_send(own, {"a": 10, "b": 2}, {}, {}) == [("b", 2), ("c", 0)]
+    # in flight and the peer is making progress: nothing more to send yet
+    assert ranges_to_send({"a": 10}, {"a": 4}, {"a": 10}, {"a": 3}) == []
+    # no progress for a whole heartbeat although frames were sent: resend
+    assert ranges_to_send({"a": 10}, {"a": 4}, {"a": 10}, {"a": 4}) == [("a", 4)]
+
+
+def test_membership_learns_dials_and_backs_off():
+    members = Membership("a", "h:1", ["h:2"], down_after=5, backoff_max=8)
+    assert members.dial_targets(0) == ["h:2"]
+    assert members.dial_targets(0) == []  # already being dialed
+    members.dial_failed("h:2", 0)
+    assert members.dial_targets(0) == []
+    assert members.dial_targets(1) == ["h:2"]  # 0.25-0.6 s later
+    members.linked("b", "h:2", 1)
+    members.learn({"b": "h:2", "c": "h:3", "a": "h:1"}, 1)
+    assert members.dial_targets(1) == ["h:3"]
+    assert members.gossip() == {"a": "h:1", "b": "h:2", "c": "h:3"}
+    assert members.silent(5) == []
+    assert members.silent(6.5) == ["b"]
+    members.unlinked("b", 7)
+    for _ in range(20):
+        members.dial_failed("h:2", 7)
+    assert members.members["b"].next_dial - 7 <= 8 * 1.2
