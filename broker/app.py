@@ -13,12 +13,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .errors import ClientError
 from .hub import Hub
+from .metrics import render
 from .topics import check_event_type, check_topic
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -33,12 +35,18 @@ def _json(payload: Any, status: int = 200) -> Response:
     )
 
 
-def create_app(hub: Hub, *, extra_stats: Callable[[], dict[str, Any]] | None = None) -> QuartTrio:
+def create_app(
+    hub: Hub,
+    *,
+    extra_stats: Callable[[], dict[str, Any]] | None = None,
+    metrics: CollectorRegistry | None = None,
+) -> QuartTrio:
     """Build the app.
 
     Args:
         hub: the node's hub (for ``/stats``).
         extra_stats: more ``/stats`` fields from the server (connection counts …).
+        metrics: the Prometheus registry served at ``/metrics``.
     """
     app = QuartTrio("broker", static_folder=None)
 
@@ -71,6 +79,19 @@ def create_app(hub: Hub, *, extra_stats: Callable[[], dict[str, Any]] | None = N
     @app.get("/healthz")
     async def healthz() -> Response:
         return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        # Load balancers stop sending new clients here as soon as shutdown begins.
+        if hub.closed:
+            return _json({"status": "shutting down"}, 503)
+        return _json({"status": "ready"})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        if metrics is None:
+            return _json({"error": "metrics are off", "code": "not_found"}, 404)
+        return Response(render(metrics), content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/stats")
     async def stats() -> Response:

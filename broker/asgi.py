@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import trio
 
 from . import codecs
 from .dataplane import Limits, stream_options
-from .errors import ClientError, MethodNotAllowed, PayloadTooLarge
+from .errors import ClientError, PayloadTooLarge
 from .hub import Hub
+from .policy import Policy
+from .request import error_headers
 from .routes import Route, match
 from .sse import PREAMBLE, SseCodec
 from .subscriber import SinkBroken, Subscriber
@@ -54,10 +57,11 @@ class AsgiSink:
 class HotRoutes:
     """ASGI middleware: hot routes here, everything else to the wrapped app."""
 
-    def __init__(self, app: Any, hub: Hub, limits: Limits) -> None:
+    def __init__(self, app: Any, hub: Hub, limits: Limits, policy: Policy | None = None) -> None:
         self.app = app
         self.hub = hub
         self.limits = limits
+        self.policy = policy or Policy()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -66,32 +70,50 @@ class HotRoutes:
         target = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        cors = _raw(self.policy.cors.headers(headers.get("origin")))
         try:
             route = match(
                 scope["method"], target, max_topics=self.limits.max_topics_per_subscription
             )
         except ClientError as error:
-            await _answer_error(send, error)
+            if scope["method"] == "OPTIONS":
+                preflight = self.policy.cors.preflight(headers.get("origin"))
+                if preflight is not None:
+                    await _answer(send, 204, b"", _raw(preflight))
+                    return
+            await _answer_error(send, error, cors)
             return
         if route is None or route.kind == "ws":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        peer = (scope.get("client") or ("?",))[0]
         if route.kind == "sse":
-            await self._sse(scope, receive, send, route, headers)
+            await self._sse(scope, receive, send, route, headers, cors)
         else:
-            await self._publish(receive, send, route, headers)
+            await self._publish(receive, send, route, headers, cors, peer)
 
     async def _publish(
-        self, receive: Any, send: Any, route: Route, headers: dict[str, str]
+        self,
+        receive: Any,
+        send: Any,
+        route: Route,
+        headers: dict[str, str],
+        cors: list[tuple[bytes, bytes]],
+        peer: str,
     ) -> None:
         try:
             body = await _read_body(receive, self.limits.max_body_bytes)
             content_type = headers.get("content-type")
             if route.kind == "batch":
-                events = self.hub.publish_batch_nowait(codecs.decode_batch(content_type, body))
+                items = codecs.decode_batch(content_type, body)
+                self.policy.admit_publish(
+                    route, headers, peer, [i.topic for i in items], time.monotonic()
+                )
+                events = self.hub.publish_batch_nowait(items)
                 payload: dict[str, Any] = {"ids": [e.id for e in events]}
             else:
+                self.policy.admit_publish(route, headers, peer, [route.topics[0]], time.monotonic())
                 event_type = check_event_type(route.param("event"))
                 data, is_json = codecs.decode_body(content_type, body)
                 event = self.hub.publish_nowait(
@@ -106,23 +128,30 @@ class HotRoutes:
         except _ClientGone:
             return
         except ClientError as error:
-            await _answer_error(send, error)
+            await _answer_error(send, error, cors)
             return
-        await _answer_json(send, 202, payload)
+        await _answer_json(send, 202, payload, cors)
 
     async def _sse(
-        self, scope: Scope, receive: Any, send: Any, route: Route, headers: dict[str, str]
+        self,
+        scope: Scope,
+        receive: Any,
+        send: Any,
+        route: Route,
+        headers: dict[str, str],
+        cors: list[tuple[bytes, bytes]],
     ) -> None:
         try:
+            self.policy.admit_subscribe(route, headers)
             resume_from, start = stream_options(route, headers)
         except ClientError as error:
-            await _answer_error(send, error)
+            await _answer_error(send, error, cors)
             return
         if self.hub.stream_is_over(route.topics, resume_from):
-            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.start", "status": 204, "headers": cors})
             await send({"type": "http.response.body", "body": b""})
             return
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + cors})
         await send({"type": "http.response.body", "body": PREAMBLE, "more_body": True})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
@@ -174,9 +203,14 @@ async def _answer_json(
     await _answer(send, status, body, extra)
 
 
-async def _answer_error(send: Any, error: ClientError) -> None:
-    extra = [(b"allow", error.allow.encode())] if isinstance(error, MethodNotAllowed) else None
-    await _answer(send, error.status, error.body(), extra)
+async def _answer_error(
+    send: Any, error: ClientError, cors: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await _answer(send, error.status, error.body(), _raw(error_headers(error)) + (cors or []))
+
+
+def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
 async def _answer(

@@ -56,6 +56,41 @@ class LimitSettings:
     max_head_bytes: int = field(default=16 * 1024, metadata=_range(1024, 1 << 24))
     idle_timeout_seconds: float = field(default=60.0, metadata=_range(0.05, 86400))
     max_topics_per_subscription: int = field(default=64, metadata=_range(1, 100_000))
+    max_connections: int = field(default=50_000, metadata=_range(0, 10_000_000))
+    max_connections_per_ip: int = field(default=0, metadata=_range(0, 10_000_000))
+    publish_rate: float = field(default=0.0, metadata=_range(0, 10_000_000))
+    publish_burst: int = field(default=100, metadata=_range(1, 10_000_000))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """``[auth]``: JWT bearer tokens (off while no key is set)."""
+
+    algorithm: str = field(default="HS256", metadata={"choices": ("HS256", "RS256", "ES256")})
+    secret: str = ""
+    public_key_file: str = ""
+    anonymous_subscribe: tuple[str, ...] = ("**",)
+    cookie: str = "broker_token"
+    query_token: bool = False
+    audience: str = ""
+    issuer: str = ""
+    leeway_seconds: float = field(default=30.0, metadata=_range(0, 3600))
+
+
+@dataclass(frozen=True, slots=True)
+class CorsSettings:
+    """``[cors]``: pages on other origins."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """``[tls]``: HTTPS and HTTP/2 on the public port (served by hypercorn)."""
+
+    cert_file: str = ""
+    key_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +147,9 @@ class Settings:
     history: HistorySettings = HistorySettings()
     limits: LimitSettings = LimitSettings()
     websocket: WebSocketSettings = WebSocketSettings()
+    auth: AuthSettings = AuthSettings()
+    cors: CorsSettings = CorsSettings()
+    tls: TlsSettings = TlsSettings()
     cluster: ClusterSettings = ClusterSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     log: LogSettings = LogSettings()
@@ -228,6 +266,28 @@ def load_settings(
     for table, values in (overrides or {}).items():
         merged[table].update(values)
     settings = _build(merged, "flags" if overrides else source)
+    auth = settings.auth
+    if auth.algorithm == "HS256" and auth.public_key_file:
+        raise ConfigError(f"{source}: [auth] public_key_file needs algorithm RS256 or ES256")
+    if auth.algorithm != "HS256" and auth.secret:
+        raise ConfigError(
+            f"{source}: [auth] secret is for HS256; {auth.algorithm} needs public_key_file"
+        )
+    if auth.public_key_file and not Path(auth.public_key_file).is_file():
+        raise ConfigError(f"{source}: [auth] public_key_file {auth.public_key_file!r} not found")
+    if auth.secret and len(auth.secret.encode()) < 32:
+        raise ConfigError(f"{source}: [auth] secret must be at least 32 bytes (RFC 7518 3.2)")
+    tls = settings.tls
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError(f"{source}: [tls] needs both cert_file and key_file")
+    for name in ("cert_file", "key_file"):
+        value = getattr(tls, name)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{source}: [tls] {name} {value!r} not found")
+    if settings.cors.allow_credentials and "*" in settings.cors.allow_origins:
+        raise ConfigError(
+            f"{source}: [cors] allow_credentials needs an explicit list of origins, not '*'"
+        )
     cluster = settings.cluster
     if cluster.enabled and not cluster.secret:
         raise ConfigError(

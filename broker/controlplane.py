@@ -13,6 +13,7 @@ ASGI lifespan is run here the way ``hypercorn.trio.run.worker_serve`` does it.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 import trio
@@ -64,11 +65,18 @@ class ControlPlane:
         asgi_app: the application (the quart-trio app with the hot-route middleware).
         keep_alive_timeout: seconds an idle kept-alive connection stays open.
         graceful_timeout: seconds requests get to finish at shutdown.
+        ssl_context: for TLS connections (HTTP/2 by ALPN); ``None`` refuses TLS.
     """
 
     def __init__(
-        self, asgi_app: Any, *, keep_alive_timeout: float = 60.0, graceful_timeout: float = 1.0
+        self,
+        asgi_app: Any,
+        *,
+        keep_alive_timeout: float = 60.0,
+        graceful_timeout: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.ssl_context = ssl_context
         config = Config()
         config.keep_alive_timeout = keep_alive_timeout
         config.graceful_timeout = graceful_timeout
@@ -99,8 +107,22 @@ class ControlPlane:
         """Ask hypercorn to close kept-alive connections that are idle (shutdown)."""
         await self.context.terminated.set()
 
+    async def serve_tls(self, stream: trio.SocketStream, already_read: bytes) -> None:
+        """Serve a TLS connection (HTTP/1.1 or HTTP/2 by ALPN); its hello was already read."""
+        assert self.ssl_context is not None
+        tls = trio.SSLStream(
+            PrefixedStream(stream, already_read),
+            self.ssl_context,
+            server_side=True,
+            https_compatible=True,
+        )
+        await self._serve_stream(tls)
+
     async def serve(self, stream: trio.SocketStream, already_read: bytes) -> None:
         """Serve the rest of a connection; ``already_read`` are its first bytes."""
+        await self._serve_stream(PrefixedStream(stream, already_read))
+
+    async def _serve_stream(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
         try:
             server = TCPServer(
@@ -108,8 +130,17 @@ class ControlPlane:
                 self.config,
                 self.context,
                 ConnectionState(self.state.copy()),
-                PrefixedStream(stream, already_read),  # type: ignore[arg-type]
+                stream,  # type: ignore[arg-type]
             )
             await server.run()
         finally:
             self.connections -= 1
+
+
+def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """TLS 1.2+ with ALPN offering HTTP/2 first, then HTTP/1.1."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    return context

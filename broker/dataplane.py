@@ -13,9 +13,11 @@ the whole connection belongs to hypercorn for the rest of its life.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 import trio
@@ -23,13 +25,18 @@ import trio
 from . import codecs
 from .errors import BadEventId, ClientError, LengthRequired, PayloadTooLarge
 from .hub import Hub
+from .limits import Overloaded
+from .policy import Policy
 from .replay import StartAt
 from .request import (
     ConnectionDone,
+    Headers,
+    NotHttp1,
     Request,
     RequestReader,
     error_response,
     json_response,
+    response,
 )
 from .routes import Route, match, start_at
 from .sse import PREAMBLE, SseCodec
@@ -61,11 +68,6 @@ class Limits:
     queue_bytes: int = 4 * 1024 * 1024
     send_timeout: float = 30.0
     max_topics_per_subscription: int = 64
-
-
-NO_CONTENT: Final = (
-    b"HTTP/1.1 204 No Content\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
-)
 
 
 def stream_options(route: Route, headers: dict[str, str]) -> tuple[str | None, StartAt | None]:
@@ -101,6 +103,8 @@ class DataPlane:
         limits: request and queue limits.
         handoff: serves the rest of a connection with hypercorn.
         ws_options: WebSocket settings.
+        policy: CORS, auth and rate/connection limits (default: all open).
+        handoff_tls: serves a TLS connection with hypercorn (``None``: TLS is refused).
         catchup_seconds: in a cluster, how long a resuming subscriber may wait for this
             node to catch up with the position it brings from another node.
     """
@@ -112,15 +116,20 @@ class DataPlane:
         handoff: Handoff,
         ws_options: WsOptions | None = None,
         *,
+        policy: Policy | None = None,
+        handoff_tls: Handoff | None = None,
         catchup_seconds: float = 0.0,
     ) -> None:
         self.hub = hub
         self.catchup_seconds = catchup_seconds
         self.ws_options = ws_options or WsOptions()
+        self.policy = policy or Policy()
         self.limits = limits
         self.handoff = handoff
+        self.handoff_tls = handoff_tls
         self.connections = 0
         self.streams = 0
+        self.streams_by_transport = {"sse": 0, "ws": 0}
         self._waiting: set[trio.CancelScope] = set()
         self._closing = False
 
@@ -143,16 +152,20 @@ class DataPlane:
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         """Serve one accepted connection until it closes; always closes it."""
+        peer = _peer_ip(stream.socket)
+        admitted = self.policy.connections.open(peer)
         self.connections += 1
         handed_off = False
         try:
-            handed_off = await self._serve(stream)
+            handed_off = await self._serve(stream, peer, admitted)
         finally:
             self.connections -= 1
+            if admitted:
+                self.policy.connections.close(peer)
             if not handed_off:
                 await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.SocketStream) -> bool:
+    async def _serve(self, stream: trio.SocketStream, peer: str, admitted: bool) -> bool:
         limits = self.limits
         reader = RequestReader(
             stream, max_head_bytes=limits.max_head_bytes, idle_timeout=limits.idle_timeout
@@ -164,6 +177,8 @@ class DataPlane:
                     request = await reader.next_request()
                 except ConnectionDone:
                     return False
+                except NotHttp1 as other:
+                    return await self._hand_over(stream, other)
                 except ClientError as error:
                     await _send_quietly(stream, error_response(error, keep_alive=False))
                     return False
@@ -171,6 +186,7 @@ class DataPlane:
                     self._waiting.discard(waiting)
             if waiting.cancelled_caught:
                 return False
+            cors = self.policy.cors.headers(request.headers.get("origin"))
             try:
                 route = match(
                     request.method,
@@ -178,25 +194,33 @@ class DataPlane:
                     max_topics=limits.max_topics_per_subscription,
                 )
             except ClientError as error:
+                if request.method == "OPTIONS":
+                    if not await self._preflight(stream, reader, request):
+                        return False
+                    continue
                 if request.method in ("GET", "HEAD"):
                     reader.finish_bodyless(request)
                     keep_alive = request.keep_alive
                 else:
                     keep_alive = False
-                await _send_quietly(stream, error_response(error, keep_alive=keep_alive))
+                answer = error_response(error, keep_alive=keep_alive, headers=cors)
+                await _send_quietly(stream, answer)
                 if not keep_alive:
                     return False
                 continue
-            if route is None:
+            if route is None or "h2c" in request.headers.get("upgrade", "").lower():
                 await self.handoff(stream, request.raw)
                 return True
+            if not admitted:
+                await self._refuse_overloaded(stream, route, cors)
+                return False
             if route.kind == "sse":
-                await self._serve_sse(stream, reader, request, route)
+                await self._serve_sse(stream, reader, request, route, cors, peer)
                 return False
             if route.kind == "ws":
-                await self._serve_websocket(stream, request, route)
+                await self._serve_websocket(stream, request, route, cors, peer)
                 return False
-            answer, keep_alive = await self._publish(reader, request, route)
+            answer, keep_alive = await self._publish(reader, request, route, cors, peer)
             try:
                 await stream.send_all(answer)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -205,8 +229,52 @@ class DataPlane:
                 return False
         return False
 
+    async def _hand_over(self, stream: trio.SocketStream, other: NotHttp1) -> bool:
+        if other.protocol == "h2":
+            await self.handoff(stream, other.raw)
+            return True
+        if self.handoff_tls is None:
+            log.info(
+                "%s: TLS connection refused: no [tls] certificate is configured",
+                _peer_ip(stream.socket),
+            )
+            return False
+        await self.handoff_tls(stream, other.raw)
+        return True
+
+    async def _preflight(
+        self, stream: trio.SocketStream, reader: RequestReader, request: Request
+    ) -> bool:
+        reader.finish_bodyless(request)
+        headers = self.policy.cors.preflight(request.headers.get("origin"))
+        if headers is None:
+            answer = response(
+                403,
+                b'{"error":"origin not allowed","code":"cors_origin"}',
+                keep_alive=request.keep_alive,
+            )
+        else:
+            answer = response(204, keep_alive=request.keep_alive, headers=headers)
+        await _send_quietly(stream, answer)
+        return request.keep_alive
+
+    async def _refuse_overloaded(
+        self, stream: trio.SocketStream, route: Route, cors: Headers
+    ) -> None:
+        """Over a connection limit: SSE gets 200, a jittered retry and a notice; others 503."""
+        retry_ms = int(self.hub.retry_ms * random.uniform(1.0, 3.0))
+        if route.kind == "sse":
+            notice = SseCodec(envelope=route.flag("envelope")).notice(
+                "broker.overloaded", self.hub.position, {"retry_ms": retry_ms}, retry_ms
+            )
+            head = sse_head(cors)
+            await _send_quietly(stream, head + PREAMBLE + notice)
+            return
+        error = Overloaded("too many connections; retry later", retry_ms / 1000)
+        await _send_quietly(stream, error_response(error, keep_alive=False, headers=cors))
+
     async def _publish(
-        self, reader: RequestReader, request: Request, route: Route
+        self, reader: RequestReader, request: Request, route: Route, cors: Headers, peer: str
     ) -> tuple[bytes, bool]:
         keep_alive = request.keep_alive
         try:
@@ -218,39 +286,50 @@ class DataPlane:
             content_type = request.headers.get("content-type")
             if route.kind == "batch":
                 items = codecs.decode_batch(content_type, body)
+                self.policy.admit_publish(
+                    route, request.headers, peer, [i.topic for i in items], time.monotonic()
+                )
                 events = self.hub.publish_batch_nowait(items)
-                return json_response(
-                    202, {"ids": [e.id for e in events]}, keep_alive=keep_alive
-                ), keep_alive
-            event_type = check_event_type(route.param("event"))
-            data, is_json = codecs.decode_body(content_type, body)
-            event = self.hub.publish_nowait(
-                route.topics[0],
-                data,
-                event_type=event_type,
-                is_json=is_json,
-                retain=route.flag("retain"),
-                final=route.flag("final"),
-            )
-            return json_response(
-                202, {"id": event.id, "topic": event.topic}, keep_alive=keep_alive
-            ), keep_alive
+                payload: dict[str, object] = {"ids": [e.id for e in events]}
+            else:
+                self.policy.admit_publish(
+                    route, request.headers, peer, [route.topics[0]], time.monotonic()
+                )
+                event_type = check_event_type(route.param("event"))
+                data, is_json = codecs.decode_body(content_type, body)
+                event = self.hub.publish_nowait(
+                    route.topics[0],
+                    data,
+                    event_type=event_type,
+                    is_json=is_json,
+                    retain=route.flag("retain"),
+                    final=route.flag("final"),
+                )
+                payload = {"id": event.id, "topic": event.topic}
+            return json_response(202, payload, keep_alive=keep_alive, headers=cors), keep_alive
         except ConnectionDone:
             return b"", False
         except ClientError as error:
-            return error_response(error, keep_alive=keep_alive), keep_alive
+            return error_response(error, keep_alive=keep_alive, headers=cors), keep_alive
 
     async def _serve_websocket(
-        self, stream: trio.SocketStream, request: Request, route: Route
+        self,
+        stream: trio.SocketStream,
+        request: Request,
+        route: Route,
+        cors: Headers,
+        peer: str,
     ) -> None:
         try:
+            identity = self.policy.admit_subscribe(route, request.headers)
             resume_from, start = stream_options(route, request.headers)
         except ClientError as error:
-            await _send_quietly(stream, error_response(error, keep_alive=False))
+            await _send_quietly(stream, error_response(error, keep_alive=False, headers=cors))
             return
         await self.catch_up(resume_from)
         limits = self.limits
-        self.streams += 1
+        self._stream_opened("ws")
+        opened = trio.current_time()
         try:
             await serve_websocket(
                 stream,
@@ -265,34 +344,55 @@ class DataPlane:
                 max_topics=limits.max_topics_per_subscription,
                 resume_from=resume_from,
                 start_at=start,
+                policy=self.policy,
+                identity=identity,
+                peer=peer,
+                on_close=partial(_log_closed, "ws", peer, opened),
             )
         finally:
-            self.streams -= 1
+            self._stream_closed("ws")
+
+    def _stream_opened(self, transport: str) -> None:
+        self.streams += 1
+        self.streams_by_transport[transport] += 1
+
+    def _stream_closed(self, transport: str) -> None:
+        self.streams -= 1
+        self.streams_by_transport[transport] -= 1
 
     async def _serve_sse(
-        self, stream: trio.SocketStream, reader: RequestReader, request: Request, route: Route
+        self,
+        stream: trio.SocketStream,
+        reader: RequestReader,
+        request: Request,
+        route: Route,
+        cors: Headers,
+        peer: str,
     ) -> None:
         reader.finish_bodyless(request)
         try:
+            self.policy.admit_subscribe(route, request.headers)
             resume_from, start = stream_options(route, request.headers)
         except ClientError as error:
-            await _send_quietly(stream, error_response(error, keep_alive=False))
+            await _send_quietly(stream, error_response(error, keep_alive=False, headers=cors))
             return
         await self.catch_up(resume_from)
         if self.hub.stream_is_over(route.topics, resume_from):
             # The client has every event of these closed topics: 204 makes an EventSource
             # stop reconnecting for good.
-            await _send_quietly(stream, NO_CONTENT)
+            await _send_quietly(stream, response(204, keep_alive=False, headers=cors))
             return
         try:
-            await stream.send_all(SSE_HEAD + PREAMBLE)
+            await stream.send_all(sse_head(cors) + PREAMBLE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         if request.method == "HEAD":
             return
         limits = self.limits
         sock = stream.socket
-        self.streams += 1
+        self._stream_opened("sse")
+        opened = trio.current_time()
+        subscriber: Subscriber | None = None
         try:
             async with trio.open_nursery() as nursery:
                 subscriber = Subscriber(
@@ -304,7 +404,8 @@ class DataPlane:
                     max_events=limits.queue_events,
                     max_bytes=limits.queue_bytes,
                     send_timeout=limits.send_timeout,
-                    name=_peer_name(sock),
+                    name=f"sse {peer}",
+                    latency=self.hub.latency,
                 )
                 with self.hub.subscribe(
                     subscriber, route.topics, resume_from=resume_from, start_at=start
@@ -312,7 +413,31 @@ class DataPlane:
                     await _wait_until_closed(sock)
                     subscriber.end("gone")
         finally:
-            self.streams -= 1
+            self._stream_closed("sse")
+            if subscriber is not None:
+                _log_closed("sse", peer, opened, subscriber)
+
+
+def sse_head(cors: Headers) -> bytes:
+    """The response head of an SSE stream."""
+    if not cors:
+        return SSE_HEAD
+    extra = "".join(f"{name}: {value}\r\n" for name, value in cors).encode("latin-1")
+    return SSE_HEAD[:-2] + extra + b"\r\n"
+
+
+def _log_closed(transport: str, peer: str, opened: float, subscriber: Subscriber) -> None:
+    log.info(
+        "stream closed transport=%s peer=%s topics=%d duration_s=%.1f delivered=%d "
+        "dropped=%d reason=%s",
+        transport,
+        peer,
+        len(subscriber.topics),
+        trio.current_time() - opened,
+        subscriber.delivered,
+        subscriber.mailbox.dropped,
+        subscriber.end_reason or "gone",
+    )
 
 
 async def _wait_until_closed(sock: trio.socket.SocketType) -> None:
@@ -333,9 +458,8 @@ async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
         pass
 
 
-def _peer_name(sock: trio.socket.SocketType) -> str:
+def _peer_ip(sock: trio.socket.SocketType) -> str:
     try:
-        host, port = sock.getpeername()[:2]
+        return str(sock.getpeername()[0])
     except OSError:
-        return "subscriber"
-    return f"sse {host}:{port}"
+        return "?"

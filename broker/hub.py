@@ -31,7 +31,7 @@ from .errors import BadEventId, TopicClosed
 from .events import Event
 from .history import TopicHistory
 from .replay import StartAt, has_everything, plan_start
-from .subscriber import Subscriber
+from .subscriber import LatencyHistogram, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,11 @@ class Hub:
         self._subscribers: dict[Subscriber, None] = {}
         self._closed = False
         self.published = 0
+        #: Per topic class (the first segment of the topic): events, and subscribers they
+        #: were handed to. Bounded: past 1000 classes, new ones count as "other".
+        self.published_by_class: dict[str, int] = {}
+        self.fanout_by_class: dict[str, int] = {}
+        self.latency = LatencyHistogram()
         self.replicated_in = 0
         self.lost = 0
         #: Called with every event published on this node (the cluster replicates them).
@@ -205,7 +210,16 @@ class Hub:
             log.append(event)
         if event.retain:
             state.retained[event.event_type] = event
-        for subscriber in state.subscribers:
+        subscribers = state.subscribers
+        topic_class = event.topic.partition("/")[0]
+        by_class = self.published_by_class
+        if topic_class not in by_class and len(by_class) >= 1000:
+            topic_class = "other"
+        by_class[topic_class] = by_class.get(topic_class, 0) + 1
+        self.fanout_by_class[topic_class] = self.fanout_by_class.get(topic_class, 0) + len(
+            subscribers
+        )
+        for subscriber in subscribers:
             subscriber.offer(event)
         if event.final:
             state.final = event

@@ -50,7 +50,7 @@ class Mailbox:
     def __init__(self, *, max_events: int, max_bytes: int) -> None:
         self.max_events = max(1, max_events)
         self.max_bytes = max_bytes
-        self._frames: deque[tuple[bytes, str]] = deque()
+        self._frames: deque[tuple[bytes, str, float]] = deque()
         self.bytes = 0
         self.peak = 0
         self.dropped = 0
@@ -59,18 +59,22 @@ class Mailbox:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def put_nowait(self, frame: bytes, event_id: str) -> None:
+    def put_nowait(self, frame: bytes, event_id: str, queued_at: float = 0.0) -> None:
         """Queue a frame; drop the oldest ones if the bounds are exceeded. Never blocks."""
         frames = self._frames
-        frames.append((frame, event_id))
+        frames.append((frame, event_id, queued_at))
         self.bytes += len(frame)
         while len(frames) > 1 and (len(frames) > self.max_events or self.bytes > self.max_bytes):
-            old, _ = frames.popleft()
+            old, _, _ = frames.popleft()
             self.bytes -= len(old)
             self.dropped += 1
             self._unreported += 1
         if len(frames) > self.peak:
             self.peak = len(frames)
+
+    def oldest(self) -> float | None:
+        """When the oldest queued frame was queued (``None`` if empty)."""
+        return self._frames[0][2] if self._frames else None
 
     def take(self, max_bytes: int) -> tuple[list[bytes], str | None, int]:
         """Remove the oldest frames, up to about ``max_bytes`` (at least one).
@@ -84,7 +88,7 @@ class Mailbox:
         last_id: str | None = None
         size = 0
         while frames and (not taken or size + len(frames[0][0]) <= max_bytes):
-            frame, last_id = frames.popleft()
+            frame, last_id, _ = frames.popleft()
             taken.append(frame)
             size += len(frame)
         self.bytes -= size

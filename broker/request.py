@@ -27,6 +27,24 @@ class ConnectionDone(Exception):
     """The client closed the connection, or it was idle too long, between requests."""
 
 
+class NotHttp1(Exception):
+    """The connection speaks TLS or HTTP/2 (prior knowledge): it belongs to hypercorn.
+
+    Attributes:
+        protocol: ``"tls"`` or ``"h2"``.
+        raw: the bytes read so far.
+    """
+
+    def __init__(self, protocol: str, raw: bytes) -> None:
+        super().__init__(protocol)
+        self.protocol = protocol
+        self.raw = raw
+
+
+H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n"
+TLS_HANDSHAKE: Final = 0x16
+
+
 @dataclass(slots=True)
 class Request:
     """One request head, plus what the data plane needs to answer it.
@@ -87,6 +105,7 @@ class RequestReader:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
         raw = self._leftover
         self._leftover = b""
+        fed = len(raw)
         if raw:
             conn.receive_data(raw)
         while True:
@@ -104,7 +123,15 @@ class RequestReader:
                 if not data and not raw:
                     raise ConnectionDone("closed")
                 raw += data
-                conn.receive_data(data)
+                if not fed:  # the first bytes of a request say which protocol it is
+                    if raw[0] == TLS_HANDSHAKE:
+                        raise NotHttp1("tls", raw)
+                    if H2_PREFACE.startswith(raw[: len(H2_PREFACE)]):
+                        if len(raw) < len(H2_PREFACE):
+                            continue  # maybe the HTTP/2 preface: wait for all of it
+                        raise NotHttp1("h2", raw)
+                conn.receive_data(raw[fed:])
+                fed = len(raw)
                 continue
             if isinstance(event, h11.Request):
                 # h11 bounds only heads that arrive in pieces; bound whole ones too.
@@ -185,30 +212,60 @@ class RequestReader:
         self._leftover = bytes(conn.trailing_data[0])
 
 
+Headers = list[tuple[str, str]]
+
+
+def _lines(headers: Headers) -> str:
+    return "".join(f"{name}: {value}\r\n" for name, value in headers)
+
+
 def response(
     status: int,
     body: bytes = b"",
     *,
     content_type: str = "application/json",
     keep_alive: bool = True,
-    extra: str = "",
+    headers: Headers | None = None,
 ) -> bytes:
     """A complete HTTP/1.1 response with a body."""
     phrase = HTTPStatus(status).phrase
     connection = "" if keep_alive else "Connection: close\r\n"
+    type_line = f"Content-Type: {content_type}\r\n" if body or status != 204 else ""
     head = (
-        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n{connection}{extra}\r\n"
+        f"HTTP/1.1 {status} {phrase}\r\n{type_line}"
+        f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n{connection}"
+        f"{_lines(headers or [])}\r\n"
     )
     return head.encode("latin-1") + body
 
 
-def json_response(status: int, payload: object, *, keep_alive: bool = True) -> bytes:
+def json_response(
+    status: int, payload: object, *, keep_alive: bool = True, headers: Headers | None = None
+) -> bytes:
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    return response(status, body, keep_alive=keep_alive)
+    return response(status, body, keep_alive=keep_alive, headers=headers)
 
 
-def error_response(error: ClientError, *, keep_alive: bool) -> bytes:
+def error_headers(error: ClientError) -> Headers:
+    """Headers an error answer carries besides its body (Allow, Retry-After, …)."""
+    headers: Headers = []
     allow = getattr(error, "allow", None)
-    extra = f"Allow: {allow}\r\n" if allow else ""
-    return response(error.status, error.body(), keep_alive=keep_alive, extra=extra)
+    if allow:
+        headers.append(("Allow", allow))
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after:
+        headers.append(("Retry-After", str(retry_after)))
+    if error.status == 401:
+        headers.append(("WWW-Authenticate", 'Bearer realm="broker"'))
+    return headers
+
+
+def error_response(
+    error: ClientError, *, keep_alive: bool, headers: Headers | None = None
+) -> bytes:
+    return response(
+        error.status,
+        error.body(),
+        keep_alive=keep_alive,
+        headers=[*error_headers(error), *(headers or [])],
+    )

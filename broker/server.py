@@ -26,11 +26,16 @@ import trio
 
 from .app import create_app
 from .asgi import HotRoutes
+from .auth import Authenticator
 from .cluster import Cluster, ClusterOptions, open_cluster
 from .config import Settings
-from .controlplane import ControlPlane
+from .controlplane import ControlPlane, server_ssl_context
+from .cors import CorsPolicy
 from .dataplane import DataPlane, Limits
 from .hub import Hub, open_hub
+from .limits import ConnectionLimiter, RateLimiter
+from .metrics import make_registry
+from .policy import Policy
 from .wsconnection import WsOptions
 
 log = logging.getLogger(__name__)
@@ -105,10 +110,19 @@ async def serve(
         _maybe_cluster(hub, settings) as cluster,
     ):
         running: RunningServer
-        app = create_app(hub, extra_stats=lambda: _connection_stats(running))
-        app.asgi_app = HotRoutes(app.asgi_app, hub, limits)  # type: ignore[method-assign]
+        policy = policy_from(settings)
+        app = create_app(
+            hub,
+            extra_stats=lambda: _connection_stats(running),
+            metrics=make_registry(lambda: running),
+        )
+        app.asgi_app = HotRoutes(app.asgi_app, hub, limits, policy)  # type: ignore[method-assign]
+        tls = settings.tls
         control = ControlPlane(
-            app, keep_alive_timeout=settings.limits.idle_timeout_seconds, graceful_timeout=grace
+            app,
+            keep_alive_timeout=settings.limits.idle_timeout_seconds,
+            graceful_timeout=grace,
+            ssl_context=server_ssl_context(tls.cert_file, tls.key_file) if tls.cert_file else None,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(control.run)
@@ -124,6 +138,8 @@ async def serve(
                 limits,
                 control.serve,
                 ws_options,
+                policy=policy,
+                handoff_tls=control.serve_tls if control.ssl_context else None,
                 catchup_seconds=settings.cluster.catchup_seconds if clustered else 0.0,
             )
             listeners = await _open_listeners(settings)
@@ -156,6 +172,31 @@ async def serve(
                 connections.cancel_scope.deadline = trio.current_time() + grace
             nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+def policy_from(settings: Settings) -> Policy:
+    """The edge policy (auth, CORS, limits) from settings."""
+    auth = settings.auth
+    key = auth.secret
+    if auth.public_key_file:
+        with open(auth.public_key_file) as file:
+            key = file.read()
+    limits = settings.limits
+    return Policy(
+        auth=Authenticator(
+            algorithm=auth.algorithm,
+            key=key,
+            anonymous_subscribe=auth.anonymous_subscribe,
+            audience=auth.audience,
+            issuer=auth.issuer,
+            leeway_seconds=auth.leeway_seconds,
+        ),
+        cors=CorsPolicy(settings.cors.allow_origins, settings.cors.allow_credentials),
+        rate=RateLimiter(limits.publish_rate, limits.publish_burst),
+        connections=ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip),
+        cookie=auth.cookie,
+        query_token=auth.query_token,
+    )
 
 
 def _connection_stats(server: RunningServer) -> dict[str, Any]:

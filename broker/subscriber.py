@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from bisect import bisect_left
 from collections import deque
 from typing import Any, Final, Protocol
 
@@ -32,6 +33,27 @@ log = logging.getLogger(__name__)
 
 #: Most bytes joined into one write by the writer; the rest stays droppable in the mailbox.
 BATCH_BYTES: Final = 64 * 1024
+
+
+class LatencyHistogram:
+    """How long queued frames waited before the kernel took them (fixed buckets).
+
+    Write-through deliveries never wait; they are counted in the first bucket by whoever
+    renders this (delivered minus queued).
+    """
+
+    BOUNDS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS) + 1)
+        self.total = 0.0
+        self.observed = 0
+
+    def observe(self, seconds: float, count: int = 1) -> None:
+        index = bisect_left(self.BOUNDS, seconds)
+        self.counts[index] += count
+        self.total += seconds * count
+        self.observed += count
 
 
 class SinkBroken(Exception):
@@ -100,6 +122,7 @@ class Subscriber:
         max_events, max_bytes: the mailbox bounds.
         send_timeout: seconds a client may take no bytes before it is evicted.
         name: for log lines (peer address).
+        latency: where queued deliveries record how long they waited.
     """
 
     __slots__ = (
@@ -115,6 +138,7 @@ class Subscriber:
         "end_reason",
         "ended",
         "frame",
+        "latency",
         "mailbox",
         "name",
         "position",
@@ -136,7 +160,9 @@ class Subscriber:
         max_bytes: int,
         send_timeout: float,
         name: str = "subscriber",
+        latency: LatencyHistogram | None = None,
     ) -> None:
+        self.latency = latency
         self.sink = sink
         self.codec = codec
         self.frame = codec.frame
@@ -166,7 +192,7 @@ class Subscriber:
         """Deliver one event: write it now if idle, else queue it (drop-oldest)."""
         if self.busy:
             if self._final is None:
-                self.mailbox.put_nowait(self.frame(event), event.id)
+                self.mailbox.put_nowait(self.frame(event), event.id, trio.current_time())
             return
         if self.ended or self._final is not None:
             return
@@ -275,7 +301,10 @@ class Subscriber:
                 if not data and self._backlog:
                     data = self._take_backlog()
                 if not data:
+                    oldest = mailbox.oldest()
                     frames, last_id, dropped = mailbox.take(BATCH_BYTES)
+                    if oldest is not None and self.latency is not None:
+                        self.latency.observe(trio.current_time() - oldest, len(frames))
                     if dropped:
                         frames.insert(0, self._dropped_notice(dropped))
                     if last_id is not None:

@@ -16,6 +16,8 @@ the connection's nursery, so its subscription and its writer end with it.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +36,11 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from . import websocket
+from .auth import ANONYMOUS, Forbidden, Identity
 from .commands import Command, error_payload, parse_command
 from .errors import BadRequest, ClientError
 from .hub import Hub
+from .policy import Policy
 from .replay import StartAt
 from .routes import Route
 from .subscriber import SocketSink, Subscriber
@@ -54,11 +58,6 @@ class WsOptions:
     allow_publish: bool = False
 
 
-class Forbidden(ClientError):
-    status = 403
-    code = "forbidden"
-
-
 async def serve_websocket(
     stream: trio.SocketStream,
     raw_request: bytes,
@@ -73,6 +72,10 @@ async def serve_websocket(
     max_topics: int,
     resume_from: str | None,
     start_at: StartAt | None = None,
+    policy: Policy | None = None,
+    identity: Identity = ANONYMOUS,
+    peer: str = "?",
+    on_close: Callable[[Subscriber], None] | None = None,
 ) -> None:
     """Upgrade the connection and serve one WebSocket subscriber until it ends."""
     handshake = H11Handshake(ConnectionType.SERVER)
@@ -114,17 +117,24 @@ async def serve_websocket(
             max_bytes=queue_bytes,
             send_timeout=send_timeout,
             name=f"ws {_peer(sock)}",
+            latency=hub.latency,
         )
-        session = _Session(hub, subscriber, connection, options, max_topics)
+        session = _Session(
+            hub, subscriber, connection, options, max_topics, policy or Policy(), identity, peer
+        )
         with hub.subscribe(subscriber, route.topics, resume_from=resume_from, start_at=start_at):
             try:
                 await session.read_loop(sock)
             except Exception:
                 log.exception("%s: internal error", subscriber)
                 subscriber.close(websocket.close_frame(websocket.CLOSE_INTERNAL_ERROR))
-            if subscriber.closing:
-                await trio.sleep_forever()  # the writer ends us once the close frame is out
-            subscriber.end("gone")
+            try:
+                if subscriber.closing:
+                    await trio.sleep_forever()  # the writer ends us once the close is out
+                subscriber.end("gone")
+            finally:
+                if on_close is not None:
+                    on_close(subscriber)
 
 
 class _Session:
@@ -135,8 +145,14 @@ class _Session:
         connection: Connection,
         options: WsOptions,
         max_topics: int,
+        policy: Policy,
+        identity: Identity,
+        peer: str,
     ) -> None:
         self.hub = hub
+        self.policy = policy
+        self.identity = identity
+        self.peer = peer
         self.subscriber = subscriber
         self.connection = connection
         self.options = options
@@ -233,6 +249,7 @@ class _Session:
     def _run(self, command: Command) -> dict[str, Any]:
         subscriber, hub = self.subscriber, self.hub
         if command.op == "subscribe":
+            self.policy.auth.check_subscribe(self.identity, command.topics)
             if len(subscriber.topics | set(command.topics)) > self.max_topics:
                 raise BadRequest(f"at most {self.max_topics} topics per subscription")
             hub.add_topics(subscriber, command.topics)
@@ -241,6 +258,12 @@ class _Session:
         else:
             if not self.options.allow_publish:
                 raise Forbidden("publishing over WebSocket is off ([websocket] allow_publish)")
+            self.policy.auth.check_publish(self.identity, command.topics)
+            identity = self.identity
+            self.policy.rate.take(
+                f"sub:{identity.subject}" if identity.subject else f"ip:{self.peer}",
+                time.monotonic(),
+            )
             event = hub.publish_nowait(
                 command.topics[0],
                 command.data,

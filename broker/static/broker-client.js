@@ -33,7 +33,9 @@
  *   the stream's start position as their id, so several events may share one id. Duplicates
  *   are therefore recognised by (id, topic, type), which is unique for those too.
  * - `broker.end` for every subscribed topic ends the subscription for good: status `closed`
- *   with reason `ended`, no reconnect (a reconnect would only get `204 No Content`).
+ *   with reason `ended`, no reconnect. So does a resume answered `204 No Content`, which an
+ *   EventSource cannot tell from a network error: after an SSE error the client asks once
+ *   with fetch (see #probeEnded).
  * - With `maxAttempts`, that many attempts in a row that never opened leave the subscription
  *   `failed`: no more reconnects until `retry()`.
  *
@@ -188,7 +190,8 @@ export class Subscription {
   #attempt = 0; // failed attempts since the last open, indexes the backoff
   #failures = 0; // attempts in a row that never opened, against maxAttempts
   #ended = new Set(); // topics the broker closed (broker.end)
-  #stats = { attempts: 0, opens: 0, events: 0, lastEventAt: null, lastFrameAt: null, openedAt: null };
+  #probe = null; // AbortController of a running "is it over?" fetch (see #probeEnded)
+  #stats = { attempts: 0, opens: 0, events: 0, heartbeats: 0, lastEventAt: null, lastFrameAt: null, openedAt: null };
   #sseErrors = 0; // SSE attempts in a row that failed before opening
   #quietStreak = 0; // SSE connections in a row that ended by going quiet
   #probing = false; // trying WebSocket once to tell "SSE blocked" from "broker down"
@@ -268,7 +271,7 @@ export class Subscription {
    * `Date.now()` milliseconds):
    * `attempts` connections tried, `reconnects` streams opened after the first one,
    * `failures` attempts in a row that did not open, `events` events delivered,
-   * `lastEventAt` when the last event was delivered, `lastFrameAt` when anything (an event,
+   * `heartbeats` visible heartbeats (`broker.heartbeat`) received, `lastEventAt` when the last event was delivered, `lastFrameAt` when anything (an event,
    * a notice, a visible heartbeat) last arrived, `openedAt` when the current stream opened,
    * `heartbeatMs` the broker's heartbeat interval, `quietMs` the silence after which a stream
    * counts as dead (once visible heartbeats were seen).
@@ -280,6 +283,7 @@ export class Subscription {
       reconnects: Math.max(0, s.opens - 1),
       failures: this.#failures,
       events: s.events,
+      heartbeats: s.heartbeats,
       lastEventAt: s.lastEventAt,
       lastFrameAt: s.lastFrameAt,
       openedAt: s.openedAt,
@@ -313,6 +317,7 @@ export class Subscription {
 
   #finish(reason) {
     if (this.#status === STATUS.CLOSED) return;
+    this.#probe?.abort();
     this.#teardown();
     clearTimeout(this.#timers.reconnect);
     globalThis.removeEventListener?.('online', this.#onOnline);
@@ -356,9 +361,39 @@ export class Subscription {
     // Never let the browser reconnect on its own: it would not use our backoff or resume point.
     es.onerror = () => {
       es.close();
+      if (gen !== this.#gen) return;
       this.#onLost(gen, 'stream error');
+      if (this.#lastEventId) this.#probeEnded(this.#lastEventId);
     };
     return { close: () => es.close() };
+  }
+
+  /**
+   * EventSource reports `204 No Content` (every topic is over: stop) as a plain error, and a
+   * stream can break between a topic's final event and its `broker.end`. So after an SSE
+   * error, while the reconnect waits, ask once with fetch what a resume from `resumeFrom`
+   * gets: 204 ends the subscription like `broker.end` would.
+   */
+  async #probeEnded(resumeFrom) {
+    if (typeof globalThis.fetch !== 'function' || typeof globalThis.AbortController !== 'function') return;
+    this.#probe?.abort();
+    const probe = new AbortController();
+    this.#probe = probe;
+    const url = brokerUrl(this.#base, 'events', { ...this.#query(), envelope: '1' });
+    let status = 0;
+    try {
+      const response = await fetch(url, { headers: { Accept: 'text/event-stream' }, signal: probe.signal });
+      status = response.status;
+    } catch {
+      return; // unreachable, or aborted: the reconnect decides
+    } finally {
+      probe.abort(); // a 200 is a live stream: hang up at once
+      if (this.#probe === probe) this.#probe = null;
+    }
+    if (status === 204 && this.#status !== STATUS.CLOSED && this.#lastEventId === resumeFrom) {
+      for (const topic of this.#topics) this.#ended.add(topic);
+      this.#finish('ended');
+    }
   }
 
   #openWs(gen) {
@@ -442,6 +477,7 @@ export class Subscription {
   #onNotice(gen, type, env) {
     const data = env.data ?? null;
     if (type === 'broker.heartbeat') {
+      this.#stats.heartbeats += 1;
       if (!this.#heartbeatsSeen) {
         this.#heartbeatsSeen = true;
         this.#armQuietTimer(gen);

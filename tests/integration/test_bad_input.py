@@ -117,8 +117,10 @@ async def raw_exchange(url, data: bytes) -> bytes:
 async def test_garbage_and_oversized_heads_are_answered_and_closed():
     with trio.fail_after(10):
         async with open_broker_server() as server:
-            garbage = await raw_exchange(server.url, b"\x16\x03\x01garbage\r\n\r\n")
+            garbage = await raw_exchange(server.url, b"\x00\x03\x01garbage\r\n\r\n")
             assert garbage.startswith(b"HTTP/1.1 400 ")
+            # a TLS hello on a broker without a certificate: closed without an answer
+            assert await raw_exchange(server.url, b"\x16\x03\x01\x00\x05hello") == b""
             assert b'"code":"bad_request"' in garbage
             huge = await raw_exchange(
                 server.url, b"GET /x HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 20000 + b"\r\n\r\n"
