@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 import trio
 
-from . import codecs
-from .dataplane import Limits, stream_options
+from .dataplane import Limits, publish, stream_options
 from .errors import ClientError, PayloadTooLarge
 from .hub import Hub
 from .policy import Policy
@@ -24,7 +22,6 @@ from .request import error_headers
 from .routes import Route, match
 from .sse import PREAMBLE, SseCodec
 from .subscriber import SinkBroken, Subscriber
-from .topics import check_event_type
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,16 @@ class AsgiSink:
 class HotRoutes:
     """ASGI middleware: hot routes here, everything else to the wrapped app."""
 
-    def __init__(self, app: Any, hub: Hub, limits: Limits, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        hub: Hub,
+        limits: Limits,
+        policy: Policy | None = None,
+        *,
+        catchup_seconds: float = 0.0,
+    ) -> None:
+        self.catchup_seconds = catchup_seconds
         self.app = app
         self.hub = hub
         self.limits = limits
@@ -104,27 +110,7 @@ class HotRoutes:
     ) -> None:
         try:
             body = await _read_body(receive, self.limits.max_body_bytes)
-            content_type = headers.get("content-type")
-            if route.kind == "batch":
-                items = codecs.decode_batch(content_type, body)
-                self.policy.admit_publish(
-                    route, headers, peer, [i.topic for i in items], time.monotonic()
-                )
-                events = self.hub.publish_batch_nowait(items)
-                payload: dict[str, Any] = {"ids": [e.id for e in events]}
-            else:
-                self.policy.admit_publish(route, headers, peer, [route.topics[0]], time.monotonic())
-                event_type = check_event_type(route.param("event"))
-                data, is_json = codecs.decode_body(content_type, body)
-                event = self.hub.publish_nowait(
-                    route.topics[0],
-                    data,
-                    event_type=event_type,
-                    is_json=is_json,
-                    retain=route.flag("retain"),
-                    final=route.flag("final"),
-                )
-                payload = {"id": event.id, "topic": event.topic}
+            payload = publish(self.hub, self.policy, route, headers, body, peer)
         except _ClientGone:
             return
         except ClientError as error:
@@ -147,6 +133,8 @@ class HotRoutes:
         except ClientError as error:
             await _answer_error(send, error, cors)
             return
+        if self.catchup_seconds and resume_from and self.hub.behind(resume_from):
+            await self.hub.wait_caught_up(resume_from, self.catchup_seconds)
         if self.hub.stream_is_over(route.topics, resume_from):
             await send({"type": "http.response.start", "status": 204, "headers": cors})
             await send({"type": "http.response.body", "body": b""})

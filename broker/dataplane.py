@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
@@ -283,29 +283,7 @@ class DataPlane:
             except (PayloadTooLarge, LengthRequired):
                 keep_alive = False  # the body was not read: the framing is lost
                 raise
-            content_type = request.headers.get("content-type")
-            if route.kind == "batch":
-                items = codecs.decode_batch(content_type, body)
-                self.policy.admit_publish(
-                    route, request.headers, peer, [i.topic for i in items], time.monotonic()
-                )
-                events = self.hub.publish_batch_nowait(items)
-                payload: dict[str, object] = {"ids": [e.id for e in events]}
-            else:
-                self.policy.admit_publish(
-                    route, request.headers, peer, [route.topics[0]], time.monotonic()
-                )
-                event_type = check_event_type(route.param("event"))
-                data, is_json = codecs.decode_body(content_type, body)
-                event = self.hub.publish_nowait(
-                    route.topics[0],
-                    data,
-                    event_type=event_type,
-                    is_json=is_json,
-                    retain=route.flag("retain"),
-                    final=route.flag("final"),
-                )
-                payload = {"id": event.id, "topic": event.topic}
+            payload = publish(self.hub, self.policy, route, request.headers, body, peer)
             return json_response(202, payload, keep_alive=keep_alive, headers=cors), keep_alive
         except ConnectionDone:
             return b"", False
@@ -416,6 +394,43 @@ class DataPlane:
             self._stream_closed("sse")
             if subscriber is not None:
                 _log_closed("sse", peer, opened, subscriber)
+
+
+def publish(
+    hub: Hub,
+    policy: Policy,
+    route: Route,
+    headers: Mapping[str, str],
+    body: bytes,
+    peer: str,
+) -> dict[str, object]:
+    """Decode, admit and publish one ``POST /topics/{topic}`` or ``POST /publish`` body.
+
+    Both planes answer publishes with this, so they decode and judge them alike.
+
+    Returns:
+        the ``202`` answer's JSON.
+
+    Raises:
+        ClientError: bad body, topic or type; auth or rate refusals; a closed topic.
+    """
+    content_type = headers.get("content-type")
+    if route.kind == "batch":
+        items = codecs.decode_batch(content_type, body)
+        policy.admit_publish(route, headers, peer, [i.topic for i in items], time.monotonic())
+        return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
+    policy.admit_publish(route, headers, peer, [route.topics[0]], time.monotonic())
+    event_type = check_event_type(route.param("event"))
+    data, is_json = codecs.decode_body(content_type, body)
+    event = hub.publish_nowait(
+        route.topics[0],
+        data,
+        event_type=event_type,
+        is_json=is_json,
+        retain=route.flag("retain"),
+        final=route.flag("final"),
+    )
+    return {"id": event.id, "topic": event.topic}
 
 
 def sse_head(cors: Headers) -> bytes:

@@ -116,7 +116,10 @@ async def serve(
             extra_stats=lambda: _connection_stats(running),
             metrics=make_registry(lambda: running),
         )
-        app.asgi_app = HotRoutes(app.asgi_app, hub, limits, policy)  # type: ignore[method-assign]
+        catchup = settings.cluster.catchup_seconds if clustered else 0.0
+        app.asgi_app = HotRoutes(  # type: ignore[method-assign]
+            app.asgi_app, hub, limits, policy, catchup_seconds=catchup
+        )
         tls = settings.tls
         control = ControlPlane(
             app,
@@ -140,7 +143,7 @@ async def serve(
                 ws_options,
                 policy=policy,
                 handoff_tls=control.serve_tls if control.ssl_context else None,
-                catchup_seconds=settings.cluster.catchup_seconds if clustered else 0.0,
+                catchup_seconds=catchup,
             )
             listeners = await _open_listeners(settings)
             async with trio.open_nursery() as connections:
