@@ -271,8 +271,9 @@ export class Subscription {
    * `Date.now()` milliseconds):
    * `attempts` connections tried, `reconnects` streams opened after the first one,
    * `failures` attempts in a row that did not open, `events` events delivered,
-   * `heartbeats` visible heartbeats (`broker.heartbeat`) received, `lastEventAt` when the last event was delivered, `lastFrameAt` when anything (an event,
-   * a notice, a visible heartbeat) last arrived, `openedAt` when the current stream opened,
+   * `heartbeats` visible heartbeats (`broker.heartbeat`) received, `lastEventAt` when the
+   * last event was delivered, `lastFrameAt` when anything (an event, a notice, a visible
+   * heartbeat) last arrived, `openedAt` when the current stream opened,
    * `heartbeatMs` the broker's heartbeat interval, `quietMs` the silence after which a stream
    * counts as dead (once visible heartbeats were seen).
    */

@@ -144,7 +144,18 @@ beforeEach(() => {
   globalThis.location = { href: 'http://page.test/app/index.html' };
   FakeEventSource.instances = [];
   FakeWebSocket.instances = [];
+  probes = [];
+  probeStatus = 200;
+  // After an SSE error the client asks with fetch whether the resume gets 204 (see below).
+  globalThis.fetch = async (url, init) => {
+    probes.push({ url: new URL(url), signal: init.signal });
+    return { status: probeStatus };
+  };
 });
+
+let probes;
+let probeStatus;
+const settle = () => new Promise((resolve) => setImmediate(resolve));
 
 afterEach(() => {
   Object.assign(globalThis, saved);
@@ -470,6 +481,205 @@ describe('falling back to WebSocket', () => {
     clock.advance(1000);
     assert.equal(FakeWebSocket.instances.length, 2);
     assert.equal(FakeEventSource.instances.length, 3);
+    sub.close();
+  });
+});
+
+describe('start options, retained state and terminal events', () => {
+  test('last and since go with the first connection only; later ones resume', () => {
+    const when = new Date('2026-11-25T09:00:00Z');
+    for (const [options, expected] of [
+      [{ last: 100 }, { last: '100', since: null }],
+      [{ since: 3600 }, { last: null, since: '3600' }],
+      [{ since: when, last: 5 }, { last: '5', since: '2026-11-25T09:00:00.000Z' }],
+    ]) {
+      const { sub } = record(['a'], options);
+      const url = lastEs().url.searchParams;
+      assert.deepEqual({ last: url.get('last'), since: url.get('since') }, expected);
+      lastEs().start('p0');
+      lastEs().fail();
+      clock.advance(1000);
+      const again = lastEs().url.searchParams;
+      assert.deepEqual([again.get('last'), again.get('since'), again.get('last_event_id')], [null, null, 'p0']);
+      sub.close();
+    }
+    const { sub } = record(['a'], { last: 10, lastEventId: 'L' });
+    assert.equal(lastEs().url.searchParams.get('last'), null, 'an id wins over last/since');
+    sub.close();
+  });
+
+  test('retained events sharing the start id are all delivered, once each', () => {
+    const { sub, seen } = record(['jobs/1', 'jobs/2']);
+    const es = lastEs();
+    es.start('p9');
+    es.event('p9', 'jobs/1', { stage: 'graph', progress: 0.6 }, 'progress');
+    es.event('p9', 'jobs/1', { stage: 'started' }, 'started');
+    es.event('p9', 'jobs/2', { stage: 'rerank', progress: 0.8 }, 'progress');
+    es.event('p9', 'jobs/1', { stage: 'graph', progress: 0.6 }, 'progress'); // the same again
+    es.event('p10', 'jobs/1', { stage: 'rerank', progress: 0.8 }, 'progress');
+    assert.deepEqual(
+      seen.events.map((e) => [e.id, e.topic, e.event]),
+      [
+        ['p9', 'jobs/1', 'progress'],
+        ['p9', 'jobs/1', 'started'],
+        ['p9', 'jobs/2', 'progress'],
+        ['p10', 'jobs/1', 'progress'],
+      ],
+    );
+    assert.equal(sub.lastEventId, 'p10');
+    sub.close();
+  });
+
+  test('broker.end for every topic: closed with reason ended, no reconnect', () => {
+    const { sub, seen } = record(['jobs/1', 'jobs/2']);
+    const es = lastEs();
+    es.start('p0');
+    es.event('p1', 'jobs/1', { results: [] }, 'complete');
+    es.notice('broker.end', 'p1', { topic: 'jobs/1' });
+    assert.equal(sub.status, 'open', 'one topic of two ended: still open');
+    assert.deepEqual(sub.ended, ['jobs/1']);
+    es.event('p2', 'jobs/2', { error: 'boom' }, 'job.failed');
+    es.notice('broker.end', 'p2', { topic: 'jobs/2' });
+    assert.equal(sub.status, 'closed');
+    assert.equal(es.closed, true);
+    assert.deepEqual(seen.statuses.at(-1), ['closed', 'sse', undefined]);
+    assert.deepEqual(seen.notices.filter((n) => n.type === 'broker.end').map((n) => n.data.topic), ['jobs/1', 'jobs/2']);
+    es.fail(); // the stream's end, after broker.end: ignored
+    clock.advance(60000);
+    assert.equal(FakeEventSource.instances.length, 1);
+    assert.equal(clock.pending, 0);
+    assert.equal(sub.retry(), false);
+  });
+
+  test('the reason of the ended status is "ended", over WebSocket too', () => {
+    globalThis.EventSource = undefined;
+    const reasons = [];
+    const sub = subscribe('http://broker.test', 'jobs/1', { onStatus: (s, d) => reasons.push([s, d.reason]) });
+    lastWs().start('p0');
+    lastWs().frame({ id: 'p0', topic: 'jobs/1', event: 'complete', data: {} });
+    lastWs().frame({ id: 'p0', topic: null, event: 'broker.end', data: { topic: 'jobs/1' } });
+    assert.deepEqual(reasons.at(-1), ['closed', 'ended']);
+    assert.equal(lastWs().closedWith, 1000);
+    clock.advance(60000);
+    assert.equal(FakeWebSocket.instances.length, 1);
+    assert.equal(sub.status, 'closed');
+  });
+
+  test('a resume answered 204 (topics over, broker.end lost) ends it; a 200 probe does not', async () => {
+    const { sub, seen } = record(['jobs/1']);
+    lastEs().start('p0');
+    lastEs().event('p1', 'jobs/1', { results: [] }, 'complete');
+    probeStatus = 200;
+    lastEs().fail(); // a network blip: the probe finds a live stream
+    assert.equal(sub.status, 'reconnecting');
+    await settle();
+    assert.equal(probes.length, 1);
+    assert.equal(probes[0].url.searchParams.get('last_event_id'), 'p1');
+    assert.equal(probes[0].url.searchParams.get('envelope'), '1');
+    assert.equal(probes[0].signal.aborted, true, 'the probe hangs up at once');
+    assert.equal(sub.status, 'reconnecting');
+    clock.advance(1000);
+    lastEs().start('p1');
+
+    probeStatus = 204;
+    lastEs().fail(); // the stream broke after the final event, before broker.end
+    await settle();
+    assert.equal(sub.status, 'closed');
+    assert.deepEqual(seen.statuses.at(-1), ['closed', 'sse', undefined]);
+    assert.deepEqual(sub.ended, ['jobs/1']);
+    clock.advance(60000);
+    assert.equal(FakeEventSource.instances.length, 2, 'no reconnect after 204');
+    assert.equal(clock.pending, 0);
+  });
+
+  test('no probe without a resume point; an unreachable broker just reconnects', async () => {
+    const { sub } = record(['a'], { transport: 'sse' });
+    lastEs().fail(); // failed before broker.start: no id yet
+    await settle();
+    assert.equal(probes.length, 0);
+    clock.advance(1000);
+    lastEs().start('p0');
+    globalThis.fetch = async () => {
+      throw new TypeError('Failed to fetch');
+    };
+    lastEs().fail();
+    await settle();
+    assert.equal(sub.status, 'reconnecting');
+    sub.close();
+  });
+
+  test('maxAttempts: failed after N attempts in a row that never opened; retry() starts over', () => {
+    const { sub, seen } = record(['a'], { transport: 'sse', maxAttempts: 3 });
+    lastEs().start('p0');
+    lastEs().fail(); // an open stream lost: not a failed attempt
+    for (const delay of [1000, 2000]) {
+      clock.advance(delay);
+      lastEs().fail();
+      assert.equal(sub.status, 'reconnecting');
+    }
+    clock.advance(5000);
+    lastEs().fail(); // third attempt in a row that did not open
+    assert.equal(sub.status, 'failed');
+    assert.match(seen.statuses.at(-1)[0], /failed/);
+    assert.equal(sub.stats.failures, 3);
+    clock.advance(600000);
+    assert.equal(FakeEventSource.instances.length, 4, 'no reconnect after failed');
+    assert.equal(clock.pending, 0);
+
+    assert.equal(sub.retry(), true);
+    assert.deepEqual(seen.statuses.at(-1), ['reconnecting', 'sse', 0]);
+    assert.equal(FakeEventSource.instances.length, 5);
+    assert.equal(lastEs().url.searchParams.get('last_event_id'), 'p0');
+    assert.equal(sub.retry(), false, 'already connecting');
+    lastEs().start('p0');
+    assert.equal(sub.status, 'open');
+    assert.equal(sub.stats.failures, 0);
+    lastEs().fail();
+    assert.equal(seen.statuses.at(-1)[2], 1000, 'the backoff started over');
+    sub.close();
+  });
+
+  test('an open timeout counts as a failed attempt', () => {
+    const { sub } = record(['a'], { transport: 'sse', maxAttempts: 2, openTimeoutMs: 3000 });
+    clock.advance(3000);
+    assert.equal(sub.status, 'reconnecting');
+    clock.advance(1000 + 3000);
+    assert.equal(sub.status, 'failed');
+    assert.equal(clock.pending, 0);
+    sub.close();
+  });
+
+  test('retry() skips a pending backoff wait', () => {
+    const { sub } = record(['a'], { transport: 'sse' });
+    lastEs().start('p0');
+    lastEs().fail();
+    assert.equal(FakeEventSource.instances.length, 1);
+    assert.equal(sub.retry(), true);
+    assert.equal(FakeEventSource.instances.length, 2);
+    lastEs().start('p0');
+    clock.advance(60000);
+    assert.equal(FakeEventSource.instances.length, 2, 'the skipped wait does not fire later');
+    sub.close();
+  });
+
+  test('stats count attempts, reconnects and events, and time the last ones', () => {
+    const { sub } = record(['a'], { transport: 'sse' });
+    assert.equal(sub.stats.lastEventAt, null);
+    lastEs().notice('broker.start', 'p0', { position: 'p0', resumed: false, heartbeat_seconds: 2 });
+    const before = Date.now();
+    lastEs().event('1', 'a', 'x');
+    lastEs().fail();
+    clock.advance(1000);
+    lastEs().start('1');
+    lastEs().emit('broker.heartbeat', { id: null, topic: null, event: 'broker.heartbeat', data: {} });
+    lastEs().event('2', 'a', 'y');
+    const stats = sub.stats;
+    assert.deepEqual(
+      [stats.attempts, stats.reconnects, stats.failures, stats.events, stats.heartbeats, stats.heartbeatMs, stats.quietMs],
+      [2, 1, 0, 2, 1, 2000, 5000],
+    );
+    assert.ok(stats.lastEventAt >= before && stats.lastFrameAt >= stats.lastEventAt);
+    assert.ok(stats.openedAt >= before);
     sub.close();
   });
 });
