@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 import trio
 
-from .dataplane import Limits, publish, stream_options
-from .errors import ClientError, PayloadTooLarge
-from .hub import Hub
+from .dataplane import Limits, degraded_notice, publish, stream_options
+from .errors import ClientError, NotFound, PayloadTooLarge
+from .hub import Hub, Unavailable
 from .policy import Policy
 from .request import error_headers
-from .routes import Route, match
+from .routes import Route, match, split_target
 from .sse import PREAMBLE, SseCodec
 from .subscriber import SinkBroken, Subscriber
+from .topics import check_event_type, check_topic
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,9 @@ class HotRoutes:
                     return
             await _answer_error(send, error, cors)
             return
+        if route is None and scope["method"] == "DELETE" and self.hub.store is not None:
+            await self._administer(send, target, cors)
+            return
         if route is None or route.kind == "ws":
             await self.app(scope, receive, send)
             return
@@ -111,12 +116,45 @@ class HotRoutes:
         try:
             body = await _read_body(receive, self.limits.max_body_bytes)
             payload = publish(self.hub, self.policy, route, headers, body, peer)
+            if not isinstance(payload, dict):  # the engine stores asynchronously
+                payload = await payload
         except _ClientGone:
             return
         except ClientError as error:
             await _answer_error(send, error, cors)
             return
         await _answer_json(send, 202, payload, cors)
+
+    async def _administer(self, send: Any, target: str, cors: list[tuple[bytes, bytes]]) -> None:
+        """``DELETE /topics/{topic}[/retained]`` on a store: every node forgets, not one.
+
+        (On the in-memory/mesh engine the app answers these from the node's own hub.)
+        """
+        store = self.hub.store
+        assert store is not None
+        path, query = split_target(target)
+        if not path.startswith("/topics/"):
+            await self._not_found(send, cors)
+            return
+        topic = unquote(path[len("/topics/") :])
+        retained = topic.endswith("/retained")
+        try:
+            if retained:
+                topic = check_topic(topic[: -len("/retained")])
+                kinds = parse_qs(query, keep_blank_values=True).get("event")
+                event_type = check_event_type(kinds[-1]) if kinds else ...
+                cleared = await store.clear_retained(topic, event_type)
+                payload: dict[str, Any] = {"topic": topic, "cleared": cleared}
+            else:
+                topic = check_topic(topic)
+                payload = {"topic": topic, "forgotten": await store.forget(topic)}
+        except ClientError as error:
+            await _answer_error(send, error, cors)
+            return
+        await _answer_json(send, 200, payload, cors)
+
+    async def _not_found(self, send: Any, cors: list[tuple[bytes, bytes]]) -> None:
+        await _answer_error(send, NotFound("no such resource"), cors)
 
     async def _sse(
         self,
@@ -133,8 +171,19 @@ class HotRoutes:
         except ClientError as error:
             await _answer_error(send, error, cors)
             return
-        if self.catchup_seconds and resume_from and self.hub.behind(resume_from):
-            await self.hub.wait_caught_up(resume_from, self.catchup_seconds)
+        try:
+            await self.hub.prepare(
+                route.topics,
+                resume_from=resume_from,
+                start_at=start,
+                catchup_seconds=self.catchup_seconds,
+            )
+        except Unavailable as error:
+            head = {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + cors}
+            await send(head)
+            notice = degraded_notice(route, error, resume_from)
+            await send({"type": "http.response.body", "body": PREAMBLE + notice})
+            return
         if self.hub.stream_is_over(route.topics, resume_from):
             await send({"type": "http.response.start", "status": 204, "headers": cors})
             await send({"type": "http.response.body", "body": b""})
@@ -156,6 +205,7 @@ class HotRoutes:
                 max_bytes=limits.queue_bytes,
                 send_timeout=limits.send_timeout,
                 name=f"sse(asgi) {scope.get('client')}",
+                latency=self.hub.latency,
             )
             with self.hub.subscribe(
                 subscriber, route.topics, resume_from=resume_from, start_at=start
@@ -165,6 +215,13 @@ class HotRoutes:
                 while (await receive())["type"] != "http.disconnect":
                     pass
                 subscriber.end("gone")
+        if subscriber.end_reason != "gone":
+            # The broker ended the stream (broker.end, shutdown, eviction): finish the
+            # response, or the client sees a truncated body instead of a clean end.
+            try:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
 
 class _ClientGone(Exception):

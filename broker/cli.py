@@ -77,12 +77,19 @@ def run_main(argv: list[str]) -> int:
     )
     try:
         trio.run(partial(_run, settings))
-    except (OSError, BaseExceptionGroup) as exc:  # e.g. the port is taken
+    except (OSError, ConfigError, BaseExceptionGroup) as exc:  # e.g. the port is taken
         if isinstance(exc, BaseExceptionGroup):
+            config, _ = exc.split(ConfigError)
+            if config is not None:  # the engine refused its settings (Redis unreachable)
+                print(f"broker: {_first_leaf(config)}", file=sys.stderr)
+                return 2
             matched, _ = exc.split(OSError)
             if matched is None:
                 raise
             exc = _first_leaf(matched)
+        if isinstance(exc, ConfigError):
+            print(f"broker: {exc}", file=sys.stderr)
+            return 2
         print(f"broker: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ pass a dict. Environment names are ``BROKER_<TABLE>_<KEY>``, e.g. ``BROKER_SERVE
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -105,9 +106,14 @@ class WebSocketSettings:
 
 @dataclass(frozen=True, slots=True)
 class ClusterSettings:
-    """``[cluster]``: peers that replicate to each other (off by default)."""
+    """``[cluster]``: brokers that share their events (off by default).
+
+    ``engine = "mesh"`` (default): peers replicate to each other over the peer link.
+    ``engine = "redis"``: every node keeps its topics in Redis (``redis_*`` keys).
+    """
 
     enabled: bool = False
+    engine: str = field(default="mesh", metadata={"choices": ("mesh", "redis")})
     node_id: str = ""
     host: str = "127.0.0.1"
     port: int = field(default=9080, metadata=_range(0, 65535))
@@ -122,6 +128,10 @@ class ClusterSettings:
     queue_frames: int = field(default=10_000, metadata=_range(10, 10_000_000))
     max_frame_bytes: int = field(default=4 * 1024 * 1024, metadata=_range(1024, 1 << 30))
     backoff_max_seconds: float = field(default=10.0, metadata=_range(0.01, 3600))
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_key_prefix: str = "broker"
+    redis_timeout_seconds: float = field(default=2.0, metadata=_range(0.05, 600))
+    redis_idle_topic_seconds: float = field(default=30.0, metadata=_range(0.05, 86400))
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,12 +299,15 @@ def load_settings(
             f"{source}: [cors] allow_credentials needs an explicit list of origins, not '*'"
         )
     cluster = settings.cluster
-    if cluster.enabled and not cluster.secret:
+    mesh = cluster.enabled and cluster.engine == "mesh"
+    if mesh and not cluster.secret:
         raise ConfigError(
             f"{source}: [cluster] secret is required when the cluster is enabled "
             "(or set BROKER_CLUSTER_SECRET)"
         )
-    if cluster.enabled and cluster.max_frame_bytes < settings.limits.max_body_bytes + 1024:
+    if cluster.engine == "redis":
+        _check_redis(source, settings)
+    if mesh and cluster.max_frame_bytes < settings.limits.max_body_bytes + 1024:
         raise ConfigError(
             f"{source}: [cluster] max_frame_bytes must exceed [limits] max_body_bytes"
         )
@@ -304,5 +317,26 @@ def load_settings(
         )
     return settings
 
+
+def _check_redis(source: str, settings: Settings) -> None:
+    from .redis_engine.address import parse_redis_url  # sans-IO; no Redis client import
+
+    cluster = settings.cluster
+    if not cluster.enabled:
+        raise ConfigError(f'{source}: [cluster] engine = "redis" needs enabled = true')
+    try:
+        parse_redis_url(cluster.redis_url)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: [cluster] redis_url: {exc}") from None
+    if not _KEY_PREFIX.fullmatch(cluster.redis_key_prefix):
+        raise ConfigError(
+            f"{source}: [cluster] redis_key_prefix must be 1-64 characters of "
+            f"A-Z a-z 0-9 _ . : -, got {cluster.redis_key_prefix!r}"
+        )
+    if settings.history.size < 1:
+        raise ConfigError(f"{source}: [history] size must be at least 1 with the redis engine")
+
+
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 __all__ = ["Settings", "load_settings"]

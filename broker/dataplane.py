@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
@@ -24,7 +25,7 @@ import trio
 
 from . import codecs
 from .errors import BadEventId, ClientError, LengthRequired, PayloadTooLarge
-from .hub import Hub
+from .hub import Hub, PublishItem, Unavailable
 from .limits import Overloaded
 from .policy import Policy
 from .replay import StartAt
@@ -55,6 +56,10 @@ SSE_HEAD: Final = (
 )
 
 Handoff = Callable[[trio.SocketStream, bytes], Awaitable[None]]
+Answer = dict[str, object]
+
+#: An id echoed back to a refused client must be a plain id (no line breaks).
+_PLAIN_ID: Final = re.compile(r"[A-Za-z0-9._~-]{1,1024}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,16 +144,24 @@ class DataPlane:
         for scope in self._waiting:
             scope.cancel()
 
-    async def catch_up(self, resume_from: str | None) -> None:
-        """Before resuming a client that was on another node, let this node catch up.
+    async def prepare(self, route: Route, resume_from: str | None, start: StartAt | None) -> None:
+        """Get the engine ready to start a stream (``Hub.prepare``).
 
-        Starting the stream while this node has delivered less of some origin than the
-        client has seen would send ids that move the client backwards (shared/CLUSTER.md).
-        After ``catchup_seconds`` the stream starts anyway and says ``broker.reset``.
+        On the mesh, a client that was on another node waits (up to ``catchup_seconds``)
+        for this node to catch up: starting the stream while this node has delivered less
+        of some origin than the client has seen would send ids that move the client
+        backwards (shared/CLUSTER.md); after that the stream starts with ``broker.reset``.
+        On Redis, the engine reads what the start needs.
+
+        Raises:
+            Unavailable: the engine's store is unreachable.
         """
-        if self.catchup_seconds and self.hub.behind(resume_from):
-            assert resume_from is not None
-            await self.hub.wait_caught_up(resume_from, self.catchup_seconds)
+        await self.hub.prepare(
+            route.topics,
+            resume_from=resume_from,
+            start_at=start,
+            catchup_seconds=self.catchup_seconds,
+        )
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         """Serve one accepted connection until it closes; always closes it."""
@@ -264,8 +277,10 @@ class DataPlane:
         """Over a connection limit: SSE gets 200, a jittered retry and a notice; others 503."""
         retry_ms = int(self.hub.retry_ms * random.uniform(1.0, 3.0))
         if route.kind == "sse":
+            # A store's positions are per subscription; an empty id there keeps none.
+            position = self.hub.position if self.hub.synchronous else ""
             notice = SseCodec(envelope=route.flag("envelope")).notice(
-                "broker.overloaded", self.hub.position, {"retry_ms": retry_ms}, retry_ms
+                "broker.overloaded", position, {"retry_ms": retry_ms}, retry_ms
             )
             head = sse_head(cors)
             await _send_quietly(stream, head + PREAMBLE + notice)
@@ -284,6 +299,8 @@ class DataPlane:
                 keep_alive = False  # the body was not read: the framing is lost
                 raise
             payload = publish(self.hub, self.policy, route, request.headers, body, peer)
+            if not isinstance(payload, dict):  # the engine stores asynchronously
+                payload = await payload
             return json_response(202, payload, keep_alive=keep_alive, headers=cors), keep_alive
         except ConnectionDone:
             return b"", False
@@ -301,10 +318,10 @@ class DataPlane:
         try:
             identity = self.policy.admit_subscribe(route, request.headers)
             resume_from, start = stream_options(route, request.headers)
-        except ClientError as error:
+            await self.prepare(route, resume_from, start)
+        except ClientError as error:  # Unavailable included: 503 + Retry-After
             await _send_quietly(stream, error_response(error, keep_alive=False, headers=cors))
             return
-        await self.catch_up(resume_from)
         limits = self.limits
         self._stream_opened("ws")
         opened = trio.current_time()
@@ -354,7 +371,13 @@ class DataPlane:
         except ClientError as error:
             await _send_quietly(stream, error_response(error, keep_alive=False, headers=cors))
             return
-        await self.catch_up(resume_from)
+        try:
+            await self.prepare(route, resume_from, start)
+        except Unavailable as error:
+            await _send_quietly(
+                stream, sse_head(cors) + PREAMBLE + degraded_notice(route, error, resume_from)
+            )
+            return
         if self.hub.stream_is_over(route.topics, resume_from):
             # The client has every event of these closed topics: 204 makes an EventSource
             # stop reconnecting for good.
@@ -403,34 +426,76 @@ def publish(
     headers: Mapping[str, str],
     body: bytes,
     peer: str,
-) -> dict[str, object]:
+) -> Answer | Coroutine[None, None, Answer]:
     """Decode, admit and publish one ``POST /topics/{topic}`` or ``POST /publish`` body.
 
-    Both planes answer publishes with this, so they decode and judge them alike.
+    Both planes answer publishes with this, so they decode and judge them alike. The
+    engine decides how: on the in-memory/mesh engine the event is published before this
+    returns (no checkpoint, the answer is a dict); on a store (Redis) the answer is a
+    coroutine the caller awaits, which returns once the store has the events.
 
     Returns:
-        the ``202`` answer's JSON.
+        the ``202`` answer's JSON, or a coroutine that returns it.
 
     Raises:
-        ClientError: bad body, topic or type; auth or rate refusals; a closed topic.
+        ClientError: bad body, topic or type; auth or rate refusals; a closed topic;
+            ``Unavailable`` (503) from the coroutine when the store is unreachable.
     """
     content_type = headers.get("content-type")
     if route.kind == "batch":
         items = codecs.decode_batch(content_type, body)
         policy.admit_publish(route, headers, peer, [i.topic for i in items], time.monotonic())
-        return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
+        if hub.store is None:  # the in-memory/mesh engine: publish now, no checkpoint
+            return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
+        return _publish_stored(hub, items, batch=True)
     policy.admit_publish(route, headers, peer, [route.topics[0]], time.monotonic())
     event_type = check_event_type(route.param("event"))
     data, is_json = codecs.decode_body(content_type, body)
-    event = hub.publish_nowait(
-        route.topics[0],
-        data,
-        event_type=event_type,
-        is_json=is_json,
-        retain=route.flag("retain"),
-        final=route.flag("final"),
+    if hub.store is None:
+        event = hub.publish_nowait(
+            route.topics[0],
+            data,
+            event_type=event_type,
+            is_json=is_json,
+            retain=route.flag("retain"),
+            final=route.flag("final"),
+        )
+        return {"id": event.id, "topic": event.topic}
+    item = PublishItem(route.topics[0], data, event_type, is_json)
+    return _publish_stored(
+        hub, [item], batch=False, retain=route.flag("retain"), final=route.flag("final")
     )
-    return {"id": event.id, "topic": event.topic}
+
+
+async def _publish_stored(
+    hub: Hub,
+    items: list[PublishItem],
+    *,
+    batch: bool,
+    retain: bool = False,
+    final: bool = False,
+) -> Answer:
+    event_ids = await hub.publish(items, retain=retain, final=final)
+    if batch:
+        return {"ids": event_ids}
+    return {"id": event_ids[0], "topic": items[0].topic}
+
+
+def degraded_notice(route: Route, error: Unavailable, resume_from: str | None) -> bytes:
+    """What an SSE request gets while the store is unreachable: a notice, then the end.
+
+    The answer is ``200`` because a browser never reconnects after any other status; the
+    jittered ``retry:`` spreads the reconnections, and the notice's id is the client's
+    own id (when it is a plain id) so the browser resumes from where it was.
+    """
+    retry_ms = int(error.retry_after * 1000 * random.uniform(1.0, 2.0))
+    event_id = resume_from if resume_from and _PLAIN_ID.fullmatch(resume_from) else ""
+    return SseCodec(envelope=route.flag("envelope")).notice(
+        "broker.degraded",
+        event_id,
+        {"reason": "store unreachable", "position": event_id, "retry_ms": retry_ms},
+        retry_ms,
+    )
 
 
 def sse_head(cors: Headers) -> bytes:

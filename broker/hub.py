@@ -10,27 +10,37 @@ fall between replay and live (no gap, no duplicate at the seam).
 
 Ids are position vectors (``positions.py``): this node's origin and, later, the origins of
 its peers; the id of an event is the vector right after it.
+
+Engines. Where events are ordered and kept is the cluster *engine*, behind one small
+interface. The default engine is the hub itself: history in memory, ids from this node's
+vector, publishing synchronous (``publish_nowait``); the gossip mesh (``cluster/``) only
+adds replication on top of it. The Redis engine is a :class:`Store`: publishing awaits
+it (:meth:`Hub.publish`), and events reach subscribers when the store reads them back
+(:meth:`Hub.deliver_stored`), on the publishing node like on every other. Callers ask
+:attr:`Hub.synchronous` once per request; everything after that (``prepare``,
+``subscribe``, heartbeats, notices, shutdown) is the same call whichever engine runs.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from itertools import islice
-from typing import Final
+from typing import Any, Final, Protocol
 
 import trio
 
 from . import positions
-from .errors import BadEventId, TopicClosed
+from .errors import BadEventId, ClientError, TopicClosed
 from .events import Event
 from .history import TopicHistory
-from .replay import StartAt, has_everything, plan_start
+from .replay import StartAt, StartPlan, has_everything, plan_start
 from .subscriber import LatencyHistogram, Subscriber
 
 log = logging.getLogger(__name__)
@@ -47,6 +57,72 @@ class PublishItem:
     data: str
     event_type: str | None = None
     is_json: bool = False
+
+
+class Unavailable(ClientError):
+    """The event store cannot be reached; nothing was stored. Answered 503 + Retry-After."""
+
+    status = 503
+    code = "store_unavailable"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
+class NotSupported(ClientError):
+    """The running engine cannot do this (e.g. a synchronous publish on a store)."""
+
+    status = 501
+    code = "not_supported"
+
+
+class Store(Protocol):
+    """An external store that orders and keeps the events (the Redis engine).
+
+    The hub calls it; it calls back :meth:`Hub.deliver_stored` with each event it reads,
+    in each topic's order, and :meth:`Hub.notify` for in-band notices.
+    """
+
+    async def append(
+        self, items: Sequence[PublishItem], *, retain: bool = False, final: bool = False
+    ) -> list[str]:
+        """Store events atomically; return their ids. Raises Unavailable, ClientError."""
+        ...
+
+    async def prepare(
+        self, topics: frozenset[str], resume_from: str | None, start_at: StartAt | None
+    ) -> None:
+        """Make sure a stream over ``topics`` can be planned without waiting."""
+        ...
+
+    def plan_start(
+        self,
+        topics: frozenset[str],
+        states: Mapping[str, Any],
+        resume_from: str | None,
+        start_at: StartAt | None,
+    ) -> StartPlan: ...
+
+    def stream_is_over(
+        self, topics: Sequence[str], states: Mapping[str, Any], resume_from: str
+    ) -> bool: ...
+
+    def track_nowait(self, topics: Iterable[str]) -> None:
+        """Start following topics a live subscriber was given (WebSocket ``subscribe``)."""
+        ...
+
+    async def clear_retained(self, topic: str, event_type: Any = ...) -> int:
+        """``DELETE /topics/{topic}/retained`` for every node."""
+        ...
+
+    async def forget(self, topic: str) -> bool:
+        """``DELETE /topics/{topic}`` for every node."""
+        ...
+
+    def variant_id(self, topics: frozenset[str]) -> str:
+        """The id of the event just delivered, for a subscriber of several topics."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +205,13 @@ class Hub:
         self._delivered_by_gone = 0
         self._dropped_by_gone = 0
         self.evicted = 0
+        #: The external store (Redis engine), or ``None``: the hub keeps events itself.
+        self.store: Store | None = None
+
+    @property
+    def synchronous(self) -> bool:
+        """Publishing is synchronous (``publish_nowait``): the in-memory/mesh engine."""
+        return self.store is None
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -154,10 +237,13 @@ class Hub:
 
         Raises:
             TopicClosed: the topic was closed by a final event.
+            NotSupported: the engine is a store (use :meth:`publish`).
         """
         state = self._topics.get(topic)
         if state is not None and state.final is not None:
             raise TopicClosed(f"topic {topic!r} was closed by a final event")
+        if self.store is not None:
+            raise NotSupported("this engine publishes asynchronously: POST /topics/{topic}")
         self._seq += 1
         self._index += 1
         self._vector[self.origin] = self._seq
@@ -196,6 +282,120 @@ class Hub:
             )
             for item in items
         ]
+
+    async def publish(
+        self, items: Sequence[PublishItem], *, retain: bool = False, final: bool = False
+    ) -> list[str]:
+        """Publish events atomically with any engine; return their ids.
+
+        On the in-memory/mesh engine this is :meth:`publish_batch_nowait` (no checkpoint);
+        on a store it returns once the store has kept them.
+
+        Raises:
+            TopicClosed, Unavailable (the store is unreachable: nothing was stored).
+        """
+        if self.store is not None:
+            return await self.store.append(items, retain=retain, final=final)
+        if len(items) == 1:
+            item = items[0]
+            event = self.publish_nowait(
+                item.topic,
+                item.data,
+                event_type=item.event_type,
+                is_json=item.is_json,
+                retain=retain,
+                final=final,
+            )
+            return [event.id]
+        return [e.id for e in self.publish_batch_nowait(items)]
+
+    def deliver_stored(self, event: Event) -> None:
+        """Deliver an event the store read back, in its topic's order. Never blocks.
+
+        Single-topic subscribers share ``event`` (its id is the topic's position); a
+        subscriber of several topics gets a copy whose id carries every topic's position,
+        made once per topic set (``Store.variant_id``).
+        """
+        assert self.store is not None
+        self.published += 1
+        state = self._topics.get(event.topic)
+        if state is None:
+            if not (event.retain or event.final):
+                return
+            state = self._topics[event.topic] = _Topic(event.topic, 0)
+        if event.retain:
+            state.retained[event.event_type] = event
+        subscribers = state.subscribers
+        self._count(event.topic, len(subscribers))
+        variants: dict[frozenset[str], Event] | None = None
+        for subscriber in subscribers:
+            topics = subscriber.topics
+            if len(topics) <= 1:
+                subscriber.offer(event)
+                continue
+            if variants is None:
+                variants = {}
+            variant = variants.get(topics)
+            if variant is None:
+                variant = variants[topics] = event.with_id(self.store.variant_id(topics))
+            subscriber.offer(variant)
+        if event.final:
+            state.final = event
+            self._end_topic(state, event, variants)
+
+    def _count(self, topic: str, fanout: int) -> None:
+        topic_class = topic.partition("/")[0]
+        by_class = self.published_by_class
+        if topic_class not in by_class and len(by_class) >= 1000:
+            topic_class = "other"
+        by_class[topic_class] = by_class.get(topic_class, 0) + 1
+        self.fanout_by_class[topic_class] = self.fanout_by_class.get(topic_class, 0) + fanout
+
+    def has_subscribers(self, topic: str) -> bool:
+        state = self._topics.get(topic)
+        return state is not None and bool(state.subscribers)
+
+    def load_topic_state(
+        self, topic: str, retained: dict[str | None, Event], final: Event | None
+    ) -> None:
+        """Set a topic's retained and final events as the store keeps them."""
+        state = self._topics.get(topic)
+        if state is None:
+            if not (retained or final):
+                return
+            state = self._topics[topic] = _Topic(topic, 0)
+        state.retained = retained
+        state.final = final
+
+    def drop_topic(self, topic: str) -> None:
+        """Forget what the hub holds of a topic the store no longer follows here."""
+        state = self._topics.get(topic)
+        if state is not None and not state.subscribers:
+            del self._topics[topic]
+
+    def notify(
+        self,
+        topic: str | None,
+        event_type: str,
+        payload: dict[str, Any],
+        position_keys: tuple[str, ...] = ("position",),
+    ) -> None:
+        """Send a ``broker.*`` notice to the subscribers of ``topic`` (``None``: all).
+
+        Its id is each subscriber's position, so it moves no one; the payload's
+        ``position_keys`` are set to that position too.
+        """
+        if topic is None:
+            subscribers: Iterable[Subscriber] = list(self._subscribers)
+        else:
+            state = self._topics.get(topic)
+            subscribers = list(state.subscribers) if state is not None else []
+        for subscriber in subscribers:
+            position = subscriber.position
+            data = {**payload, **dict.fromkeys(position_keys, position)}
+            subscriber.offer_notice(
+                subscriber.codec.notice(event_type, position, data), position
+            )
 
     def _deliver(self, event: Event) -> None:
         self.published += 1
@@ -318,6 +518,28 @@ class Hub:
             index += 1
         return list(islice(events, index, index + limit)), first
 
+    async def prepare(
+        self,
+        topics: Iterable[str],
+        *,
+        resume_from: str | None,
+        start_at: StartAt | None = None,
+        catchup_seconds: float = 0.0,
+    ) -> None:
+        """Get ready to start a stream over ``topics``; call before :meth:`subscribe`.
+
+        The mesh waits (up to ``catchup_seconds``) until this node has delivered what a
+        client coming from another node has seen; a store reads what the start needs.
+
+        Raises:
+            Unavailable: the store cannot be reached (the stream cannot start now).
+        """
+        if self.store is not None:
+            await self.store.prepare(frozenset(topics), resume_from, start_at)
+        elif catchup_seconds and self.behind(resume_from):
+            assert resume_from is not None
+            await self.wait_caught_up(resume_from, catchup_seconds)
+
     def behind(self, resume_from: str | None) -> bool:
         """This node has delivered less of some origin than the client has seen."""
         if resume_from is None:
@@ -338,16 +560,24 @@ class Hub:
             return True
         return False
 
-    def _end_topic(self, state: _Topic, final: Event) -> None:
+    def _end_topic(
+        self,
+        state: _Topic,
+        final: Event,
+        variants: Mapping[frozenset[str], Event] | None = None,
+    ) -> None:
         for subscriber in list(state.subscribers):
-            notice = subscriber.codec.notice("broker.end", final.id, {"topic": state.name})
+            event_id = final.id
+            if variants and (variant := variants.get(subscriber.topics)) is not None:
+                event_id = variant.id
+            notice = subscriber.codec.notice("broker.end", event_id, {"topic": state.name})
             if subscriber.topics <= {state.name} or all(
                 (t := self._topics.get(name)) is not None and t.final is not None
                 for name in subscriber.topics
             ):
-                subscriber.close(notice)
+                subscriber.close(notice + subscriber.codec.ended)
             else:
-                subscriber.offer_notice(notice, final.id)
+                subscriber.offer_notice(notice, event_id)
                 self.remove_topics(subscriber, [state.name])
 
     def clear_retained(self, topic: str, event_type: str | None = ...) -> int:  # type: ignore[assignment]
@@ -404,11 +634,18 @@ class Hub:
         for topic in topic_set:
             state = self._topics.get(topic)
             if state is None:
-                state = self._topics[topic] = _Topic(topic, self.history_size)
+                state = self._topics[topic] = _Topic(
+                    topic, self.history_size if self.store is None else 0
+                )
             states.append(state)
-        plan = plan_start(
-            self._vector, states, resume_from=resume_from, start_at=start_at, floor=self.floor
-        )
+        if self.store is not None:
+            plan = self.store.plan_start(
+                topic_set, {s.name: s for s in states}, resume_from, start_at
+            )
+        else:
+            plan = plan_start(
+                self._vector, states, resume_from=resume_from, start_at=start_at, floor=self.floor
+            )
         subscriber.topics = topic_set
         self._subscribers[subscriber] = None
         for state in states:
@@ -423,11 +660,14 @@ class Hub:
             subscriber.close(self._shutdown_notice(subscriber))
         subscriber.replay([e.with_id(plan.position) for e in plan.first] + plan.events)
         if plan.ended:
-            position = positions.format_position(self._vector)
+            position = (
+                positions.format_position(self._vector) if self.store is None else plan.position
+            )
             subscriber.close(
                 b"".join(
                     codec.notice("broker.end", position, {"topic": t}) for t in sorted(topic_set)
                 )
+                + codec.ended
             )
         try:
             yield subscriber
@@ -443,6 +683,8 @@ class Hub:
         """The topics are all closed and ``resume_from`` already includes their final events."""
         if resume_from is None:
             return False
+        if self.store is not None:
+            return self.store.stream_is_over(sorted(topics), self._topics, resume_from)
         states = [self._topics.get(t) for t in topics]
         if any(s is None for s in states):
             return False
@@ -450,12 +692,17 @@ class Hub:
 
     def add_topics(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
         """Add live topics to a registered subscriber (WebSocket ``subscribe``)."""
+        topics = list(topics)
         for topic in topics:
             state = self._topics.get(topic)
             if state is None:
-                state = self._topics[topic] = _Topic(topic, self.history_size)
+                state = self._topics[topic] = _Topic(
+                    topic, self.history_size if self.store is None else 0
+                )
             state.subscribers[subscriber] = None
         subscriber.topics = subscriber.topics.union(topics)
+        if self.store is not None:
+            self.store.track_nowait(topics)
 
     def remove_topics(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
         """Remove topics from a registered subscriber (WebSocket ``unsubscribe``)."""

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -38,6 +38,9 @@ from .metrics import make_registry
 from .policy import Policy
 from .wsconnection import WsOptions
 
+if TYPE_CHECKING:
+    from .redis_engine import RedisEngine
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +53,8 @@ class RunningServer:
         hub: the node's hub.
         dataplane: the public listener's connection handler (connection counts).
         control: the hypercorn side.
-        cluster: this node's cluster membership, if ``[cluster] enabled``.
+        cluster: this node's mesh membership, if ``[cluster] enabled`` on the mesh engine.
+        store: the Redis engine, if ``[cluster] engine = "redis"``.
     """
 
     urls: list[str]
@@ -58,6 +62,7 @@ class RunningServer:
     dataplane: DataPlane
     control: ControlPlane
     cluster: Cluster | None = None
+    store: RedisEngine | None = None
     _shutdown: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -99,7 +104,7 @@ async def serve(
     """
     limits = limits_from(settings)
     grace = settings.shutdown.grace_seconds
-    clustered = settings.cluster.enabled
+    clustered = settings.cluster.enabled and settings.cluster.engine == "mesh"
     async with (
         open_hub(
             heartbeat_seconds=settings.stream.heartbeat_seconds,
@@ -108,6 +113,7 @@ async def serve(
             log_size=settings.cluster.log_size if clustered else 0,
         ) as hub,
         _maybe_cluster(hub, settings) as cluster,
+        _maybe_store(hub, settings) as store,
     ):
         running: RunningServer
         policy = policy_from(settings)
@@ -161,7 +167,7 @@ async def serve(
 
                 bound = await nursery.start(accept)
                 urls = [_url(listener.socket.getsockname()) for listener in bound]
-                running = RunningServer(urls, hub, dataplane, control, cluster)
+                running = RunningServer(urls, hub, dataplane, control, cluster, store)
                 for url in urls:
                     log.info("listening on %s (origin %s)", url, hub.origin)
                 task_status.started(running)
@@ -210,13 +216,15 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
     }
     if server.cluster is not None:
         stats["cluster"] = server.cluster.statistics()
+    if server.store is not None:
+        stats["cluster"] = server.store.statistics()
     return stats
 
 
 @asynccontextmanager
 async def _maybe_cluster(hub: Hub, settings: Settings) -> AsyncIterator[Cluster | None]:
     config = settings.cluster
-    if not config.enabled:
+    if not config.enabled or config.engine != "mesh":
         yield None
         return
     options = ClusterOptions(
@@ -236,6 +244,26 @@ async def _maybe_cluster(hub: Hub, settings: Settings) -> AsyncIterator[Cluster 
     async with open_cluster(hub, options) as cluster:
         log.info("cluster: node %s, peer link on %s", options.node_id, cluster.addr)
         yield cluster
+
+
+@asynccontextmanager
+async def _maybe_store(hub: Hub, settings: Settings) -> AsyncIterator[RedisEngine | None]:
+    config = settings.cluster
+    if not config.enabled or config.engine != "redis":
+        yield None
+        return
+    from .redis_engine import RedisOptions, open_redis_engine  # imports coredis
+
+    options = RedisOptions(
+        url=config.redis_url,
+        key_prefix=config.redis_key_prefix,
+        history_size=settings.history.size,
+        timeout_seconds=config.redis_timeout_seconds,
+        backoff_max_seconds=config.backoff_max_seconds,
+        idle_topic_seconds=config.redis_idle_topic_seconds,
+    )
+    async with open_redis_engine(hub, options) as engine:
+        yield engine
 
 
 async def _open_listeners(settings: Settings) -> list[trio.SocketListener]:

@@ -80,6 +80,7 @@ class SseCodec:
     """
 
     goodbye: Final = b""
+    ended: Final = b""
 
     def __init__(self, *, envelope: bool = False) -> None:
         self.envelope = envelope

@@ -77,6 +77,7 @@ class Codec(Protocol):
 
     heartbeat: bytes
     goodbye: bytes
+    ended: bytes
 
     def frame(self, event: Event) -> bytes: ...
 

@@ -27,6 +27,7 @@ OP_PING: Final = 0x9
 SUBPROTOCOL_JSON: Final = "broker.json"
 SUBPROTOCOL_MSGPACK: Final = "broker.msgpack"
 
+CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_TOO_BIG: Final = 1009
@@ -73,6 +74,8 @@ class WsCodec:
         self.heartbeat = self.message(_notice_object("broker.heartbeat", None, {}))
         #: Written after the final ``broker.shutdown`` notice.
         self.goodbye = GOING_AWAY
+        #: Written after ``broker.end`` when every topic of the connection has ended.
+        self.ended = close_frame(CLOSE_NORMAL, "topics ended")
 
     def message(self, obj: dict[str, Any]) -> bytes:
         if self.binary:

@@ -146,3 +146,39 @@ async def test_websocket_gets_the_same_start_options():
                 messages = [json.loads(await ws.get_message()) for _ in range(3)]
                 assert [m["event"] for m in messages] == ["broker.start", None, "summary"]
                 assert messages[1]["data"] == 3
+
+
+async def test_end_closes_cleanly_on_websocket_and_on_hypercorn_streams():
+    from trio_websocket import ConnectionClosed
+
+    with trio.fail_after(10):
+        async with open_broker_server() as server, httpx.AsyncClient(base_url=server.url) as c:
+            url = server.url.replace("http", "ws") + "/topics/done/1/ws"
+            async with open_websocket_url(url) as ws:
+                await ws.get_message()
+                await post(c, "done/1", "bye", final="1")
+                kinds = [json.loads(await ws.get_message())["event"] for _ in range(2)]
+                assert kinds == [None, "broker.end"]
+                try:
+                    await ws.get_message()
+                except ConnectionClosed:
+                    pass
+                assert ws.closed.code == 1000
+            # an SSE stream served by hypercorn (after a page on the same connection) ends
+            # with a complete chunked body, not a truncated one
+            conn = await trio.open_tcp_stream("127.0.0.1", server.port)
+            await conn.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while b'"ok"}' not in received:
+                received += await conn.receive_some(4096)
+            await conn.send_all(b"GET /topics/done/2/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while b"broker.start" not in received:
+                received += await conn.receive_some(4096)
+            await post(c, "done/2", "bye", final="1")
+            while not received.endswith(b"0\r\n\r\n"):
+                chunk = await conn.receive_some(4096)
+                assert chunk, "the connection closed before the body was finished"
+                received += chunk
+            assert b"broker.end" in received
+            await conn.aclose()

@@ -1,0 +1,263 @@
+"""Real ``redis-server`` processes for the Redis engine tests (Debian's, on free ports).
+
+Every test that needs Redis is skipped with one clear reason when ``redis-server`` is not
+installed; nothing else is.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None or REDIS_CLI is None,
+    reason="redis-server and redis-cli are not installed (Debian package redis-server)",
+)
+
+
+def free_port(*, bus: bool = False) -> int:
+    """A free port; with ``bus``, one whose cluster bus port (+10000) is free too."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if not bus:
+            return port
+        if port + 10000 < 65536:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
+def answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll a condition of an outside process (sync fixtures only)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout} s")
+        time.sleep(0.02)
+
+
+class RedisServer:
+    """One ``redis-server`` on a free port; :meth:`kill` and :meth:`start` it at will.
+
+    Args:
+        directory: its working directory (AOF files live there).
+        persistent: keep an append-only file fsynced on every write, so a restart keeps
+            every event Redis acknowledged; otherwise Redis restarts empty.
+        extra: more ``redis-server`` arguments.
+        bus: pick a port whose cluster bus port (+10000) is free too.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persistent: bool = False,
+        extra: list[str] | None = None,
+        bus: bool = False,
+    ):
+        self.directory = directory
+        self.bus = bus
+        self.port = free_port(bus=bus)
+        self.persistent = persistent
+        self.extra = list(extra or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_once = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (or restart on the same port); a first start retries on another port
+        if the one picked was taken meanwhile."""
+        assert REDIS_SERVER is not None
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persistent
+            else ["--appendonly", "no"]
+        )
+        for _attempt in range(5):
+            log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - the child keeps it
+            self.proc = subprocess.Popen(
+                [
+                    REDIS_SERVER,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--dir",
+                    str(self.directory),
+                    *persistence,
+                    *self.extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            log.close()
+            proc = self.proc
+            wait_until(
+                lambda proc=proc: proc.poll() is not None or answers(self.port),
+                what=f"redis-server on {self.port}",
+            )
+            if proc.poll() is None:
+                self.started_once = True
+                return
+            if self.started_once:
+                break
+            self.port = free_port(bus=self.bus)
+        log_text = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"redis-server did not start on {self.port}:\n{log_text}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def cli(self, *args: str) -> str:
+        assert REDIS_CLI is not None
+        return subprocess.run(
+            [REDIS_CLI, "-p", str(self.port), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh single Redis (no persistence): ``--save '' --appendonly no``."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A single Redis that keeps every acknowledged write across a restart (AOF, fsync)."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    server = RedisServer(tmp_path, persistent=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class RedisCluster:
+    """Three masters with no replicas: ``redis-server --cluster-enabled yes`` x3."""
+
+    def __init__(self, directory: Path) -> None:
+        self.nodes = []
+        for i in range(3):
+            node_dir = directory / f"node{i}"
+            node_dir.mkdir()
+            self.nodes.append(
+                RedisServer(
+                    node_dir,
+                    persistent=True,
+                    extra=[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "1000",
+                    ],
+                    bus=True,  # the cluster bus listens on port + 10000
+                )
+            )
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> None:
+        assert REDIS_CLI is not None
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        self.wait_ok()
+
+    def wait_ok(self) -> None:
+        wait_until(
+            lambda: all("cluster_state:ok" in n.cli("cluster", "info") for n in self.nodes),
+            timeout=20,
+            what="cluster_state:ok on every node",
+        )
+
+    def node_for(self, topic: str) -> RedisServer:
+        """The master that holds ``topic``'s slot (its keys carry the tag ``{topic}``)."""
+        slot = int(self.nodes[0].cli("cluster", "keyslot", topic).strip())
+        for line in self.nodes[0].cli("cluster", "nodes").splitlines():
+            fields = line.split()
+            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            for part in fields[8:]:
+                low, _, high = part.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    return next(n for n in self.nodes if n.port == port)
+        raise LookupError(f"no master holds slot {slot}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A local 3-master Redis Cluster, shared by a module's tests (each uses its own prefix)."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server and redis-cli are not installed (Debian package redis-server)")
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix of its own for each test, so tests sharing a Redis never meet."""
+    return f"t{uuid.uuid4().hex[:10]}"
