@@ -1,0 +1,1 @@
+"""Load generators (C, in src/) and the benchmark runner (python -m load.bench)."""
