@@ -62,7 +62,9 @@ const ops = {
     const { page } = pageOf(cmd);
     let handle;
     try {
-      handle = await page.waitForFunction(cmd.expression, null, { timeout: cmd.timeoutMs ?? 10000, polling: 50 });
+      // A predicate that throws (the page's module has not run yet) is simply not true yet.
+      const guarded = `(() => { try { return (${cmd.expression}); } catch (e) { return false; } })()`;
+      handle = await page.waitForFunction(guarded, null, { timeout: cmd.timeoutMs ?? 10000, polling: 50 });
     } catch (err) {
       err.message += `\n--- page state ---\n${await describe(page)}`;
       throw err;

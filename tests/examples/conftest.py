@@ -22,13 +22,6 @@ from broker_client import ServerSentEvent, SSEParser
 from tests.browser.conftest import DriverError, Page, chromium, new_page  # re-exported fixtures
 from tests.support.servers import BrokerProcess
 
-#: Chromium logs this when a stream that hypercorn serves (an EventSource on a kept-alive page
-#: connection) ends after ``broker.end``: ``broker/asgi.py`` never completes the response
-#: (no final ``more_body: False``), so the chunked body is cut off, and now and then the last
-#: frames (the final event, ``broker.end``) are lost with it. Remove this once the server ends
-#: such a body cleanly.
-KNOWN_NOISE = "net::ERR_INCOMPLETE_CHUNKED_ENCODING"
-
 __all__ = ["AsyncPage", "broker_process", "chromium", "new_page", "open_page"]
 
 
@@ -83,7 +76,7 @@ class AsyncPage:
         return [
             line
             for line in logs
-            if line.startswith(("pageerror", "console.error")) and KNOWN_NOISE not in line
+            if line.startswith(("pageerror", "console.error"))
         ]
 
     async def example(self, path: str = "") -> Any:
