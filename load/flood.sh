@@ -3,7 +3,7 @@
 # alone and once while publisher B (token "flooder") sends as fast as 4 connections allow.
 # The broker runs with a publish rate limit per token. Prints the subscribers' latency for both.
 # Usage: bash load/flood.sh   (needs make -C load; about 1 minute; loopback only)
-cd /work/main
+cd "$(dirname "$0")/.."
 SECRET=flood-test-secret-that-is-32-bytes-long
 tok() { .venv/bin/python -c "import jwt,time,sys;print(jwt.encode({'sub':sys.argv[1],'publish':['**'],'exp':time.time()+3600},'$SECRET',algorithm='HS256'))" $1; }
 A=$(tok legit); B=$(tok flooder)
