@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -81,7 +82,34 @@ def _get_json(port: int, path: str, timeout_s: float = 5.0) -> dict[str, Any] | 
         conn.close()
 
 
-class BrokerServer(Server):
+def _stop_gracefully(
+    proc: subprocess.Popen[bytes] | None,
+    registry: ProcessRegistry,
+    interrupt: Callable[[int, int], None],
+    wait_s: float,
+) -> None:
+    """SIGINT first (the broker's graceful path), then SIGTERM/SIGKILL via the registry."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            interrupt(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait_s)
+    registry.kill(proc, signal.SIGTERM, grace_s=3.0)
+
+
+class _BrokerRoutes:
+    """The broker's publish and subscribe paths (one node or a cluster)."""
+
+    def sub_path(self, topic: str) -> str:
+        return f"/topics/{topic}/events"
+
+    def pub_path(self, topic: str) -> str:
+        return f"/topics/{topic}"
+
+
+class BrokerServer(_BrokerRoutes, Server):
     """``python -m broker run --port 0 --host 127.0.0.1``, started fresh by :meth:`start`."""
 
     name = "broker"
@@ -137,24 +165,11 @@ class BrokerServer(Server):
         )
 
     def stop(self) -> None:
-        if self._proc is not None:
-            # SIGINT first: the broker's graceful path; then SIGTERM/SIGKILL via the registry.
-            if self._proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self._proc.pid, signal.SIGINT)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=5)
-            self._registry.kill(self._proc, signal.SIGTERM, grace_s=3.0)
-            self._proc = None
+        _stop_gracefully(self._proc, self._registry, os.kill, 5)
+        self._proc = None
 
     def pids(self) -> list[int]:
         return descendants(self._proc.pid) if self._proc else []
-
-    def sub_path(self, topic: str) -> str:
-        return f"/topics/{topic}/events"
-
-    def pub_path(self, topic: str) -> str:
-        return f"/topics/{topic}"
 
     def stats(self) -> dict[str, Any] | None:
         return _get_json(self.port, "/stats")
@@ -205,7 +220,7 @@ def _free_port_block(count: int) -> int:
     raise BenchError(f"no block of {count} free ports")
 
 
-class ClusterBroker(Server):
+class ClusterBroker(_BrokerRoutes, Server):
     """``python -m broker cluster --nodes N`` on consecutive loopback ports; ready when every node
     printed ``listening on`` and every peer link is up (N x (N-1) ``linked to`` lines)."""
 
@@ -268,23 +283,11 @@ class ClusterBroker(Server):
         raise BenchError(f"broker cluster not ready within {START_TIMEOUT_S:.0f} s (log: {log})")
 
     def stop(self) -> None:
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._proc.pid, signal.SIGINT)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=8)
-            self._registry.kill(self._proc, signal.SIGTERM, grace_s=3.0)
-            self._proc = None
+        _stop_gracefully(self._proc, self._registry, os.killpg, 8)
+        self._proc = None
 
     def pids(self) -> list[int]:
         return descendants(self._proc.pid) if self._proc else []
-
-    def sub_path(self, topic: str) -> str:
-        return f"/topics/{topic}/events"
-
-    def pub_path(self, topic: str) -> str:
-        return f"/topics/{topic}"
 
 
 NGINX_CONF: Final = """\
