@@ -62,4 +62,10 @@ def parse_command(value: Any, *, max_topics: int) -> Command:
 
 
 def error_payload(ref: Any, error: ClientError) -> dict[str, Any]:
-    return {"ref": ref, "error": error.message, "code": error.code}
+    """``broker.command_error`` data; ``retry_after`` (seconds) where HTTP would send
+    ``Retry-After`` (``store_unavailable``, ``rate_limited``)."""
+    payload = {"ref": ref, "error": error.message, "code": error.code}
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        payload["retry_after"] = retry_after
+    return payload

@@ -11,6 +11,15 @@ after ``ping_interval`` seconds without a byte from the client it sends a ping, 
 client that then stays silent for ``ping_timeout`` seconds is dropped. Any exit (client
 gone, close frame, eviction, shutdown, error) leaves the ``with hub.subscribe`` scope and
 the connection's nursery, so its subscription and its writer end with it.
+
+Commands. On the in-memory/mesh engine nothing a command does awaits, so the reader runs
+each one as it arrives and answers at once. On a store (the Redis engine) a ``publish``
+waits for the store; there the reader hands every command, in arrival order, to the
+connection's command task (started with the first command), which runs them one at a
+time: answers keep command order, publishes from one socket are stored in that order, and
+the reader goes on answering pings and close frames meanwhile. At most
+:data:`COMMAND_QUEUE` commands wait; past that the reader stops reading until one is done
+(TCP pushes back on the client).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import trio
 from wsproto import ConnectionType
@@ -39,13 +48,16 @@ from . import websocket
 from .auth import ANONYMOUS, Forbidden, Identity
 from .commands import Command, error_payload, parse_command
 from .errors import BadRequest, ClientError
-from .hub import Hub
+from .hub import Hub, PublishItem
 from .policy import Policy
 from .replay import StartAt
 from .routes import Route
 from .subscriber import SocketSink, Subscriber
 
 log = logging.getLogger(__name__)
+
+#: Commands that may wait behind a publish in flight on a store engine.
+COMMAND_QUEUE: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +132,15 @@ async def serve_websocket(
             latency=hub.latency,
         )
         session = _Session(
-            hub, subscriber, connection, options, max_topics, policy or Policy(), identity, peer
+            hub,
+            subscriber,
+            connection,
+            options,
+            max_topics,
+            policy or Policy(),
+            identity,
+            peer,
+            nursery,
         )
         with hub.subscribe(subscriber, route.topics, resume_from=resume_from, start_at=start_at):
             try:
@@ -148,8 +168,10 @@ class _Session:
         policy: Policy,
         identity: Identity,
         peer: str,
+        nursery: trio.Nursery,
     ) -> None:
         self.hub = hub
+        self.nursery = nursery
         self.policy = policy
         self.identity = identity
         self.peer = peer
@@ -161,12 +183,15 @@ class _Session:
         self._parts: list[bytes | str] = []
         self._size = 0
         self._unparsed = 0
+        #: Complete messages the reader read, for the command task (store engine only).
+        self._inbox: list[bytes | str] = []
+        self._commands: trio.MemorySendChannel[bytes | str] | None = None
 
     async def read_loop(self, sock: trio.socket.SocketType) -> None:
         options = self.options
         waiting_for_pong = False
         # Bytes that arrived with the upgrade request are already in wsproto's buffer.
-        if not self._process(b""):
+        if not await self._feed(b""):
             return
         while not self.subscriber.ended:
             limit = options.ping_timeout if waiting_for_pong else options.ping_interval
@@ -184,7 +209,31 @@ class _Session:
                 waiting_for_pong = True
                 continue
             waiting_for_pong = False
-            if not data or not self._process(data):
+            if not data or not await self._feed(data):
+                return
+
+    async def _feed(self, data: bytes) -> bool:
+        """:meth:`_process` the bytes, then queue the commands they completed, in order."""
+        alive = self._process(data)
+        inbox, self._inbox = self._inbox, []
+        for message in inbox if alive else ():
+            if self._commands is None:
+                send, receive = trio.open_memory_channel[bytes | str](COMMAND_QUEUE)
+                self._commands = send
+                self.nursery.start_soon(self._command_task, receive)
+            await self._commands.send(message)
+        return alive
+
+    async def _command_task(self, messages: trio.MemoryReceiveChannel[bytes | str]) -> None:
+        """Run a store engine's commands one at a time, in arrival order."""
+        async for message in messages:
+            try:
+                publishing = self._command(message)
+                if publishing is not None:
+                    await self._publish_stored(*publishing)
+            except Exception:
+                log.exception("%s: internal error", self.subscriber)
+                self.subscriber.close(websocket.close_frame(websocket.CLOSE_INTERNAL_ERROR))
                 return
 
     def _process(self, data: bytes) -> bool:
@@ -230,10 +279,14 @@ class _Session:
                 message: bytes | str = (
                     "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
                 )
-                self._command(message)
+                if self.hub.synchronous:
+                    self._command(message)  # nothing awaits: answered right here
+                else:
+                    self._inbox.append(message)
         return True
 
-    def _command(self, message: bytes | str) -> None:
+    def _command(self, message: bytes | str) -> tuple[Any, PublishItem] | None:
+        """Run one command and answer it, or return the ``(ref, item)`` a store must keep."""
         ref: Any = None
         try:
             value = self.codec.decode(message)
@@ -241,12 +294,28 @@ class _Session:
             command = parse_command(value, max_topics=self.max_topics)
             answer = self._run(command)
         except ClientError as error:
-            frame = self.codec.notice("broker.command_error", None, error_payload(ref, error))
-        else:
-            frame = self.codec.notice("broker.ack", None, answer)
-        self.subscriber.send_control(frame)
+            self._answer_error(ref, error)
+            return None
+        if isinstance(answer, PublishItem):
+            return ref, answer
+        self.subscriber.send_control(self.codec.notice("broker.ack", None, answer))
+        return None
 
-    def _run(self, command: Command) -> dict[str, Any]:
+    async def _publish_stored(self, ref: Any, item: PublishItem) -> None:
+        """Publish on a store and answer once it has the event (or refused it)."""
+        try:
+            [event_id] = await self.hub.publish([item])
+        except ClientError as error:  # Unavailable (store_unavailable), TopicClosed
+            self._answer_error(ref, error)
+            return
+        answer = {"ref": ref, "op": "publish", "id": event_id, "topic": item.topic}
+        self.subscriber.send_control(self.codec.notice("broker.ack", None, answer))
+
+    def _answer_error(self, ref: Any, error: ClientError) -> None:
+        payload = error_payload(ref, error)
+        self.subscriber.send_control(self.codec.notice("broker.command_error", None, payload))
+
+    def _run(self, command: Command) -> dict[str, Any] | PublishItem:
         subscriber, hub = self.subscriber, self.hub
         if command.op == "subscribe":
             self.policy.auth.check_subscribe(self.identity, command.topics)
@@ -264,6 +333,10 @@ class _Session:
                 f"sub:{identity.subject}" if identity.subject else f"ip:{self.peer}",
                 time.monotonic(),
             )
+            if not hub.synchronous:  # the store keeps it: the command task awaits it
+                return PublishItem(
+                    command.topics[0], command.data, command.event_type, command.is_json
+                )
             event = hub.publish_nowait(
                 command.topics[0],
                 command.data,

@@ -7,6 +7,7 @@ installed; nothing else is.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -135,9 +136,19 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not start on {self.port}:\n{log_text}")
 
     def kill(self) -> None:
+        """SIGKILL (a stopped process too): what it had not acknowledged never happens."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: a hung Redis that still holds its connections open."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def cli(self, *args: str) -> str:
         assert REDIS_CLI is not None

@@ -208,7 +208,8 @@ async def test_websocket_subscribe_command_follows_a_new_topic(redis_server, key
                 assert (message["topic"], message["data"]) == ("w", "hello")
                 await ws.send_message(json.dumps({"op": "publish", "topic": "w", "data": 1}))
                 answer = json.loads(await ws.get_message())
-                assert answer["event"] == "broker.command_error"  # publish by POST on Redis
+                assert answer["event"] == "broker.command_error"
+                assert answer["data"]["code"] == "forbidden"  # [websocket] allow_publish is off
             await scenarios.wait_idle([a, b])
             nursery.cancel_scope.cancel()
 
