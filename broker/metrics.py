@@ -116,6 +116,48 @@ class BrokerCollector(Collector):
             )
             yield CounterMetricFamily("broker_events_lost", "Events given up as lost", info["lost"])
 
+        store = server.store
+        if store is not None:
+            yield from _store_metrics(store.statistics())
+
+
+#: The event store's counters (``RedisEngine.statistics``): name, help, statistics key.
+STORE_COUNTERS = (
+    ("broker_store_events_published", "Events the store acknowledged", "published"),
+    ("broker_store_appends", "Publish round trips the store answered", "appends"),
+    ("broker_store_reads", "Range-read round trips (catch-up, gaps, recovery)", "reads"),
+    ("broker_store_events_read", "Events read back from the store by range reads", "entries_read"),
+    ("broker_store_announcements", "Live announcements received", "messages"),
+    (
+        "broker_store_announcements_delivered",
+        "Events delivered straight from their announcement",
+        "delivered_from_messages",
+    ),
+    (
+        "broker_store_gap_reads",
+        "Announcements that did not follow this node's last entry (the topic was read instead)",
+        "gap_reads",
+    ),
+    ("broker_store_reconnects", "Reconnections to the store", "reconnects"),
+    ("broker_store_failures", "Store calls that failed (each marks the store down)", "failures"),
+    ("broker_store_resets", "Topics whose stream lost this node's last entry", "resets"),
+)
+
+
+def _store_metrics(info: dict[str, Any]) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "broker_store_up", "1 while the event store is reachable", labels=["engine", "kind"]
+    )
+    up.add_metric([info["engine"], info["kind"]], 1 if info["state"] == "up" else 0)
+    yield up
+    yield GaugeMetricFamily(
+        "broker_store_topics_followed",
+        "Topics this node follows in the store",
+        info["tracked_topics"],
+    )
+    for name, documentation, key in STORE_COUNTERS:
+        yield CounterMetricFamily(name, documentation, info[key])
+
 
 def _histogram(name: str, doc: str, bounds: tuple[float, ...], values: list[int]) -> Metric:
     buckets = []

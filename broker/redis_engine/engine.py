@@ -144,10 +144,12 @@ class RedisEngine:
         self.backoff = BACKOFF_MIN_SECONDS
         self.retry_at = 0.0
         self.published = 0
+        self.appends = 0
         self.reads = 0
         self.entries_read = 0
         self.messages = 0
         self.delivered_from_messages = 0
+        self.gap_reads = 0
         self.reconnects = 0
         self.resets = 0
         self.failures = 0
@@ -214,6 +216,7 @@ class RedisEngine:
         except _FAILURES as exc:
             self._failed(exc)
             raise self._unavailable() from None
+        self.appends += 1
         self.published += len(items)
         return [
             ids.token(ids.tag(item.topic), ids.pack(entry_id))
@@ -454,6 +457,7 @@ class RedisEngine:
         try:
             previous, event = entries.parse_message(topic, cache.tag, data)
         except ValueError:
+            self.gap_reads += 1
             self._ring(topic)
             return
         if (
@@ -466,6 +470,7 @@ class RedisEngine:
             self.delivered_from_messages += 1
             self.hub.deliver_stored(event)
         elif not cache.holds(event.seq):  # not a repeat of what a read delivered
+            self.gap_reads += 1
             self._ring(topic)
 
     def _ring(self, topic: str) -> None:
@@ -661,10 +666,12 @@ class RedisEngine:
             "state": "up" if self.healthy else "degraded",
             "tracked_topics": len(self.caches),
             "published": self.published,
+            "appends": self.appends,
             "reads": self.reads,
             "entries_read": self.entries_read,
             "messages": self.messages,
             "delivered_from_messages": self.delivered_from_messages,
+            "gap_reads": self.gap_reads,
             "reconnects": self.reconnects,
             "resets": self.resets,
             "failures": self.failures,
