@@ -14,7 +14,7 @@ import trio
 from .config import Settings, load_settings
 from .errors import ConfigError
 from .server import RunningServer, serve
-from .supervisor import supervise
+from .supervisor import cluster_secret, supervise
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -70,6 +70,8 @@ def run_main(argv: list[str]) -> int:
             peer_port=settings.cluster.port,
             shared_port=True,
             config=_run_parser().parse_args(argv).config,
+            engine=settings.cluster.engine,
+            where=_store_name(settings),
         )
     logging.basicConfig(
         level=settings.log.level.upper(),
@@ -109,10 +111,35 @@ def cluster_main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="first node's public port")
     parser.add_argument("--peer-port", type=int, default=9080, help="first node's peer port")
-    parser.add_argument("--config", help="a config.toml for every node")
+    parser.add_argument(
+        "--config", help="a config.toml for every node (default: ./config.toml if present)"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("mesh", "redis"),
+        help="the cluster engine (overrides [cluster] engine and BROKER_CLUSTER_ENGINE)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="where Redis is, for the redis engine (overrides [cluster] redis_url)",
+    )
     args = parser.parse_args(argv)
     if args.nodes < 1:
         print("broker: --nodes must be at least 1", file=sys.stderr)
+        return 2
+    path = args.config
+    if path is None and os.path.exists("config.toml"):
+        path = "config.toml"  # what each node's `broker run` reads too
+    # What the supervisor gives each node: the cluster on, and (mesh) a shared secret.
+    flags: dict[str, object] = {"enabled": True, "secret": cluster_secret()}
+    if args.engine is not None:
+        flags["engine"] = args.engine
+    if args.redis_url is not None:
+        flags["redis_url"] = args.redis_url
+    try:  # the nodes' own settings, checked once here: a bad one stops before any start
+        settings = load_settings(path, environ=dict(os.environ), overrides={"cluster": flags})
+    except ConfigError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
         return 2
     return supervise(
         args.nodes,
@@ -121,7 +148,19 @@ def cluster_main(argv: list[str]) -> int:
         peer_port=args.peer_port,
         shared_port=False,
         config=args.config,
+        engine=settings.cluster.engine,
+        redis_url=args.redis_url,
+        where=_store_name(settings),
     )
+
+
+def _store_name(settings: Settings) -> str:
+    """The Redis URL with its password hidden, for the supervisor's start line."""
+    if settings.cluster.engine != "redis":
+        return ""
+    from .redis_engine.address import parse_redis_url  # sans-IO; checked by load_settings
+
+    return parse_redis_url(settings.cluster.redis_url).redacted()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,11 @@ them) and replicate to each other over the peer link on loopback, so a client ma
 any worker and still receive every event and resume exactly. ``broker cluster --nodes N``
 starts N nodes on consecutive ports (a local cluster to try the cluster on one machine).
 
+Either runs on the cluster engine the settings name (``[cluster] engine``, then
+``BROKER_CLUSTER_ENGINE``, then ``broker cluster --engine``): on the mesh the children get
+peer ports, seeds and a shared secret; on Redis they only share ``redis_url`` (from the
+same settings, or ``--redis-url``) and need no peer link at all.
+
 The supervisor owns the children: SIGINT/SIGTERM is passed on to every child and waited
 for; a worker that dies is restarted (with a new origin, so its ids are never reused).
 """
@@ -37,10 +42,23 @@ class Child:
         self.started = time.monotonic()
 
 
+def cluster_secret() -> str:
+    """The mesh's shared secret: ``BROKER_CLUSTER_SECRET``, or a fresh one for this run."""
+    return os.environ.get("BROKER_CLUSTER_SECRET") or secrets.token_urlsafe(24)
+
+
 def _children(
-    count: int, *, host: str, port: int, peer_port: int, shared_port: bool, config: str | None
+    count: int,
+    *,
+    host: str,
+    port: int,
+    peer_port: int,
+    shared_port: bool,
+    config: str | None,
+    engine: str,
+    redis_url: str | None,
 ) -> list[Child]:
-    secret = os.environ.get("BROKER_CLUSTER_SECRET") or secrets.token_urlsafe(24)
+    secret = cluster_secret() if engine == "mesh" else ""
     peers = [f"127.0.0.1:{peer_port + i}" for i in range(count)]
     children = []
     for i in range(count):
@@ -50,12 +68,18 @@ def _children(
             "BROKER_SERVER_PORT": str(port if shared_port else port + i),
             "BROKER_SERVER_REUSE_PORT": "true" if shared_port else "false",
             "BROKER_CLUSTER_ENABLED": "true",
+            "BROKER_CLUSTER_ENGINE": engine,
             "BROKER_CLUSTER_NODE_ID": name,
-            "BROKER_CLUSTER_HOST": "127.0.0.1",
-            "BROKER_CLUSTER_PORT": str(peer_port + i),
-            "BROKER_CLUSTER_SEEDS": ",".join(p for j, p in enumerate(peers) if j != i),
-            "BROKER_CLUSTER_SECRET": secret,
         }
+        if engine == "mesh":
+            env |= {
+                "BROKER_CLUSTER_HOST": "127.0.0.1",
+                "BROKER_CLUSTER_PORT": str(peer_port + i),
+                "BROKER_CLUSTER_SEEDS": ",".join(p for j, p in enumerate(peers) if j != i),
+                "BROKER_CLUSTER_SECRET": secret,
+            }
+        elif redis_url is not None:  # --redis-url: over the config file and environment
+            env["BROKER_CLUSTER_REDIS_URL"] = redis_url
         args = ["--config", config] if config else []
         children.append(Child(name, env, args))
     return children
@@ -69,10 +93,26 @@ def supervise(
     peer_port: int,
     shared_port: bool,
     config: str | None = None,
+    engine: str = "mesh",
+    redis_url: str | None = None,
+    where: str = "",
 ) -> int:
-    """Run ``count`` broker processes as one cluster until SIGINT/SIGTERM; return 0."""
+    """Run ``count`` broker processes as one cluster until SIGINT/SIGTERM; return 0.
+
+    Args:
+        engine: ``mesh`` or ``redis`` (the settings' ``[cluster] engine``).
+        redis_url: given to every child over its own settings (``--redis-url``).
+        where: how to name the engine's store in the start lines (a redacted URL).
+    """
     children = _children(
-        count, host=host, port=port, peer_port=peer_port, shared_port=shared_port, config=config
+        count,
+        host=host,
+        port=port,
+        peer_port=peer_port,
+        shared_port=shared_port,
+        config=config,
+        engine=engine,
+        redis_url=redis_url,
     )
     stopping = False
 
@@ -84,6 +124,8 @@ def supervise(
     signal.signal(signal.SIGTERM, stop)
     for child in children:
         child.start()
+    if engine != "mesh":
+        print(f"broker: {engine} engine at {where}", file=sys.stderr, flush=True)
     if shared_port:
         print(f"broker: {count} workers on http://{host}:{port}", file=sys.stderr, flush=True)
     else:
