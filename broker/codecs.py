@@ -57,9 +57,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_JSON_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _check_json(text: str) -> Any:
+    if text.startswith("\ufeff"):  # json.loads refuses it too; clients would choke on it
+        raise BadRequest("malformed JSON: unexpected UTF-8 BOM")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _JSON_DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
 

@@ -12,7 +12,9 @@
     │   ├── LengthRequired          411 length_required
     │   ├── PayloadTooLarge         413 payload_too_large
     │   ├── HeadersTooLarge         431 headers_too_large
-    │   └── UnsupportedMediaType    415 unsupported_media_type
+    │   ├── UnsupportedMediaType    415 unsupported_media_type
+    │   ├── NotImplementedCoding    501 not_implemented (a transfer coding other than chunked)
+    │   └── VersionNotSupported     505 http_version_not_supported
     └── ConfigError                 a bad config file, environment variable or flag (exit 2)
 
 Every client error renders as ``{"error": message, "code": code}``.
@@ -101,6 +103,16 @@ class HeadersTooLarge(ClientError):
 class UnsupportedMediaType(ClientError):
     status = 415
     code = "unsupported_media_type"
+
+
+class NotImplementedCoding(ClientError):
+    status = 501
+    code = "not_implemented"
+
+
+class VersionNotSupported(ClientError):
+    status = 505
+    code = "http_version_not_supported"
 
 
 class ConfigError(BrokerError):

@@ -151,6 +151,7 @@ async def serve(
                 handoff_tls=control.serve_tls if control.ssl_context else None,
                 catchup_seconds=catchup,
             )
+            nursery.start_soon(dataplane.sweep_idle)
             listeners = await _open_listeners(settings)
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()

@@ -128,3 +128,41 @@ async def test_streams_stay_open_and_deliver_past_90_seconds(mock_clock):
             assert server.hub.statistics().subscribers == 2
             await direct.aclose()
             await conn.aclose()
+
+
+async def _closed_by_server(stream: trio.SocketStream) -> bytes:
+    """Read until the server closes the connection; return what it sent."""
+    received = b""
+    while chunk := await stream.receive_some(65536):
+        received += chunk
+    return received
+
+
+async def test_idle_and_slow_connections_are_closed_but_streams_are_not():
+    with trio.fail_after(20):
+        async with open_broker_server(limits={"idle_timeout_seconds": 0.5}) as server:
+            host, port = "127.0.0.1", server.port
+            kept_alive = await trio.open_tcp_stream(host, port)
+            await kept_alive.send_all(
+                b"POST /topics/t HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx"
+            )
+            half_head = await trio.open_tcp_stream(host, port)
+            await half_head.send_all(b"POST /topics/t HTTP/1.1\r\nHost: h\r\n")
+            half_body = await trio.open_tcp_stream(host, port)
+            await half_body.send_all(
+                b"POST /topics/t HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc"
+            )
+            stream = await open_sse(server.url, "/topics/t/events")
+            opened = trio.current_time()
+            answered = await _closed_by_server(kept_alive)
+            assert answered.startswith(b"HTTP/1.1 202 ")
+            assert await _closed_by_server(half_head) == b""
+            assert await _closed_by_server(half_body) == b""
+            assert trio.current_time() - opened < 5
+            await wait_for(lambda: server.dataplane.connections == 1)
+            # The stream outlived the idle timeout several times over and still delivers.
+            await trio.sleep(1.5)
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                assert (await client.post("/topics/t", content=b"late")).status_code == 202
+            assert [e.data for e in await stream.events(1)] == ["late"]
+            await stream.aclose()
