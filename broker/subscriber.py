@@ -130,6 +130,7 @@ class Subscriber:
         "_backlog",
         "_cancel_scope",
         "_control",
+        "_corked",
         "_final",
         "_nursery",
         "_tail",
@@ -179,6 +180,7 @@ class Subscriber:
         self._final: bytes | None = None
         self._backlog: deque[Event] = deque()
         self._control: list[bytes] = []
+        self._corked: list[bytes] | None = None
         self.delivered = 0
         self.seen_writes = 0
         self.ended = False
@@ -248,10 +250,22 @@ class Subscriber:
             return
         self._write_through(self.codec.heartbeat)
 
+    def cork(self) -> None:
+        """Hold direct writes until :meth:`uncork`, which writes them as one (a batch)."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Write what was held since :meth:`cork` in one call."""
+        frames, self._corked = self._corked, None
+        if frames and not self.ended:
+            self._write_through(frames[0] if len(frames) == 1 else b"".join(frames))
+
     def close(self, final_frame: bytes | None) -> None:
         """Finish the stream: flush what is pending, then ``final_frame``, then end."""
         if self.ended or self._final is not None:
             return
+        self.uncork()
         if final_frame is None:
             self.end("closed")
             return
@@ -280,6 +294,9 @@ class Subscriber:
     # -- internals ----------------------------------------------------------------------
 
     def _write_through(self, frame: bytes) -> None:
+        if self._corked is not None:
+            self._corked.append(frame)
+            return
         try:
             sent = self.sink.send_nowait(frame)
         except SinkBroken:

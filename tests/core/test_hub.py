@@ -45,6 +45,11 @@ def events_in(data: bytes) -> list[bytes]:
     return [block for block in bytes(data).split(b"\n\n") if block.startswith(b"id:")]
 
 
+def data_of(data: bytes) -> list[bytes]:
+    """The data of the events (not notices) in an SSE byte stream."""
+    return [e.split(b"data: ")[1] for e in events_in(data) if b"event: broker." not in e]
+
+
 async def test_publish_has_no_checkpoint_and_writes_through_without_a_task():
     hub = Hub(history_size=10)
     async with trio.open_nursery() as nursery:
@@ -67,6 +72,42 @@ async def test_publish_has_no_checkpoint_and_writes_through_without_a_task():
             assert event.sse not in sinks[2].written
         assert hub.statistics().subscribers == 0
         assert hub.statistics().subscriptions == 0
+
+
+async def test_a_batch_reaches_each_subscriber_in_one_write_in_order():
+    hub = Hub(history_size=100)
+
+    class CountingSink(MemorySink):
+        writes = 0
+
+        def send_nowait(self, data) -> int:
+            self.writes += 1
+            return super().send_nowait(data)
+
+    async with trio.open_nursery() as nursery:
+        both, only_b = CountingSink(), CountingSink()
+        with (
+            hub.subscribe(make_subscriber(nursery, both, max_events=100), ["a", "b"]),
+            hub.subscribe(make_subscriber(nursery, only_b, max_events=100), ["b"]),
+        ):
+            both.writes = only_b.writes = 0  # past each stream's broker.start
+            only_b.room = 10  # only_b pushes back mid-batch
+            items = [PublishItem("a" if i % 2 else "b", f"e{i}") for i in range(10)]
+            with trio.testing.assert_no_checkpoints():
+                hub.publish_batch_nowait(items)
+            assert both.writes == 1
+            assert data_of(both.written) == [
+                f"e{i}".encode() for i in range(10)
+            ]
+            assert only_b.writes == 1  # the rest waits for the writer task, in order
+            only_b.allow(1 << 20)
+            await trio.testing.wait_all_tasks_blocked()
+            assert data_of(only_b.written) == [
+                f"e{i}".encode() for i in range(0, 10, 2)
+            ]
+            hub.publish_nowait("a", "after")
+            assert both.writes == 2
+            assert both.written.endswith(b"data: after\n\n")
 
 
 async def test_frames_are_shared_bytes_objects():
