@@ -31,7 +31,9 @@ Theory of operation.
   where it does not; :meth:`plan_start` then plans from the cache without a checkpoint.
 * **Failure**: any Redis error marks the engine *degraded*: every subscriber gets
   ``broker.degraded`` (streams stay open with heartbeats), publishes and new streams are
-  refused with ``503``. The supervisor reconnects with jittered exponential backoff,
+  refused with ``503``. The supervisor drops every pooled connection (a hung server, or
+  on Sentinel a demoted or unreachable primary, keeps them open), reconnects with jittered
+  exponential backoff (on Sentinel, to whichever server the sentinels name now),
   subscribes to every tracked topic again and reads each stream from its last entry: the
   events missed meanwhile are delivered in order, once, then ``broker.recovered``. If a
   stream no longer holds a node's last entry (Redis restarted empty, or trimmed past it),
@@ -602,11 +604,22 @@ class RedisEngine:
                     raise _startup_error(self.address, failure)
                 self._failed(failure)
             self._pubsub = None
+            if trio.current_effective_deadline() != -math.inf:
+                self._drop_connections()
             delay = self.backoff * random.uniform(0.5, 1.0)
             self.retry_at = trio.current_time() + delay
             await trio.sleep(delay)
             self.backoff = min(self.backoff * 2, self.options.backoff_max_seconds)
             self.reconnects += 1
+
+    def _drop_connections(self) -> None:
+        """Close every pooled connection, so the next session and commands open new ones.
+
+        A connection the server never closed would otherwise be handed out again: to a
+        hung server, or on Sentinel to the old primary, which new connections would not
+        reach (each asks the sentinels where the primary is, and checks its role).
+        """
+        self.client.connection_pool.disconnect()
 
     async def _session(self, task_status: trio.TaskStatus[None] | None) -> None:
         factory = self.client.sharded_pubsub if self.clustered else self.client.pubsub
@@ -614,6 +627,9 @@ class RedisEngine:
             retry_policy=None,
             ignore_subscribe_messages=True,
             subscription_timeout=self.options.timeout_seconds,
+            # A node that only listens learns of a hung server by this PING, not from a
+            # publish: ask after this much silence (coredis waits 15 s by default).
+            max_idle_seconds=self.options.timeout_seconds,
         ) as pubsub:
             channels = {self._stream(t): self._on_message for t in self.caches}
             if channels:

@@ -272,3 +272,94 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 def key_prefix() -> str:
     """A key prefix of its own for each test, so tests sharing a Redis never meet."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+class SentinelGroup:
+    """A primary, one replica and one Sentinel (quorum 1) that fails over in about 2 s.
+
+    The Sentinel marks the primary down after ``down_after_ms`` without an answer and
+    promotes the replica; ``url`` is the ``redis+sentinel://`` URL of the service.
+    """
+
+    SERVICE = "primary"
+
+    def __init__(self, directory: Path, *, down_after_ms: int = 500) -> None:
+        self.directory = directory
+        self.down_after_ms = down_after_ms
+        (directory / "primary").mkdir()
+        (directory / "replica").mkdir()
+        # A replica syncs at once (diskless sync would wait 5 s for more replicas).
+        self.primary = RedisServer(
+            directory / "primary", persistent=True, extra=["--repl-diskless-sync-delay", "0"]
+        )
+        self.replica: RedisServer | None = None
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.SERVICE}"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.primary.start()
+        self.replica = RedisServer(
+            self.directory / "replica",
+            persistent=True,
+            extra=["--replicaof", "127.0.0.1", str(self.primary.port)],
+        )
+        self.replica.start()
+        wait_until(
+            lambda: "master_link_status:up" in self.replica.cli("info", "replication"),
+            what="the replica in sync",
+        )
+        conf = self.directory / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+            f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 1\n"
+            f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.SERVICE} 5000\n"
+        )
+        log = open(self.directory / "sentinel.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        wait_until(lambda: answers(self.port), what="sentinel")
+        replica = f"127.0.0.1:{self.replica.port}"
+        wait_until(  # its "name" is host:port
+            lambda: replica in self.sentinel("sentinel", "replicas", self.SERVICE),
+            what="the sentinel knowing the replica",
+        )
+
+    def sentinel(self, *args: str) -> str:
+        assert REDIS_CLI is not None
+        return subprocess.run(
+            [REDIS_CLI, "-p", str(self.port), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    def primary_port(self) -> int:
+        """The port the Sentinel names as the primary now."""
+        lines = self.sentinel("sentinel", "get-master-addr-by-name", self.SERVICE).split()
+        return int(lines[1])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for server in (self.primary, self.replica):
+            if server is not None:
+                server.kill()
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A primary + replica watched by one Sentinel, ready to fail over."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server and redis-cli are not installed (Debian package redis-server)")
+    group = SentinelGroup(tmp_path)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
