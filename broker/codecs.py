@@ -2,7 +2,7 @@
 
 Data model. An event's data is text. A ``text/plain`` body is that text. A JSON body must
 be valid JSON and its text is kept byte for byte (a publisher's Korean text or number
-formatting is never rewritten). A msgpack body is decoded and, unless it is a string,
+formatting is never rewritten); so is each item's data in a JSON batch. A msgpack body is decoded and, unless it is a string,
 written as compact JSON. ``is_json`` tells WebSocket and envelope clients to embed the data
 as a JSON value rather than a string.
 """
@@ -13,6 +13,7 @@ import json
 from typing import Any, Final
 
 import msgpack
+import msgspec
 
 from .errors import BadRequest, ClientError, UnsupportedMediaType
 from .hub import PublishItem
@@ -53,19 +54,14 @@ def _utf8(body: bytes) -> str:
         raise BadRequest(f"body is not valid UTF-8 (byte {exc.start})") from None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_JSON_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+_JSON: Final = msgspec.json.Decoder()
 
 
 def _check_json(text: str) -> Any:
-    if text.startswith("\ufeff"):  # json.loads refuses it too; clients would choke on it
-        raise BadRequest("malformed JSON: unexpected UTF-8 BOM")
+    """Validate a JSON document (RFC 8259, numbers within a double, no lone surrogates)."""
     try:
-        return _JSON_DECODER.decode(text)
-    except (ValueError, RecursionError) as exc:
+        return _JSON.decode(text)
+    except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
 
 
@@ -108,6 +104,22 @@ def decode_body(content_type: str | None, body: bytes) -> tuple[str, bool]:
     raise UnsupportedMediaType(f"content type {kind!r} is not supported: send {_ACCEPTED}")
 
 
+class _BatchItem(msgspec.Struct, forbid_unknown_fields=True):
+    topic: str
+    #: The item's data exactly as sent, like a single publish's JSON body.
+    data: msgspec.Raw
+    event: str | None = None
+
+
+class _Batch(msgspec.Struct):
+    events: list[_BatchItem]
+
+
+#: msgspec decodes and checks a batch's shape in one pass: ~0.4 µs an event where the
+#: json module plus per-item checks and re-encoding took ~14 µs (load/ publish scenario).
+_BATCH_JSON: Final = msgspec.json.Decoder(_Batch)
+
+
 def decode_batch(content_type: str | None, body: bytes) -> list[PublishItem]:
     """Decode and validate a ``POST /publish`` body: every item or none.
 
@@ -116,20 +128,50 @@ def decode_batch(content_type: str | None, body: bytes) -> list[PublishItem]:
     """
     kind = media_type(content_type)
     if kind == JSON:
-        document = _check_json(_utf8(body))
-    elif kind == MSGPACK:
-        document = _unpack(body)
-    else:
+        return _json_batch(body)
+    if kind != MSGPACK:
         raise UnsupportedMediaType(
             f"content type {kind!r} is not supported for a batch: send application/json "
             "or application/msgpack"
         )
+    document = _unpack(body)
     if not isinstance(document, dict) or not isinstance(document.get("events"), list):
-        raise BadRequest('a batch is an object {"events": [{"topic", "data", "event"?}, ...]}')
+        raise BadRequest(_BATCH_SHAPE)
     events = document["events"]
     if not events:
         raise BadRequest("the batch is empty")
     return [_batch_item(number, item) for number, item in enumerate(events)]
+
+
+_BATCH_SHAPE: Final = 'a batch is an object {"events": [{"topic", "data", "event"?}, ...]}'
+
+
+def _json_batch(body: bytes) -> list[PublishItem]:
+    try:
+        batch = _BATCH_JSON.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"{_BATCH_SHAPE}: {exc}") from None
+    except (msgspec.MsgspecError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not batch.events:
+        raise BadRequest("the batch is empty")
+    items = []
+    for number, item in enumerate(batch.events):
+        event_type = _checked(number, item.topic, item.event)
+        raw = bytes(item.data)
+        if raw[:1] == b'"':  # a JSON string is text
+            items.append(PublishItem(item.topic, _JSON.decode(raw), event_type, False))
+        else:
+            items.append(PublishItem(item.topic, raw.decode(), event_type, True))
+    return items
+
+
+def _checked(number: int, topic: str, event_type: str | None) -> str | None:
+    try:
+        check_topic(topic)
+        return check_event_type(event_type)
+    except ClientError as exc:  # keep the status and code, say which item
+        raise type(exc)(f"events[{number}]: {exc.message}") from None
 
 
 def _batch_item(number: int, item: Any) -> PublishItem:
@@ -146,10 +188,6 @@ def _batch_item(number: int, item: Any) -> PublishItem:
     event_type = item.get("event")
     if event_type is not None and not isinstance(event_type, str):
         raise BadRequest(f"events[{number}].event must be a string")
-    try:
-        check_topic(topic)
-        event_type = check_event_type(event_type)
-    except ClientError as exc:  # keep the status and code, say which item
-        raise type(exc)(f"events[{number}]: {exc.message}") from None
+    event_type = _checked(number, topic, event_type)
     data, is_json = value_to_data(item["data"])
     return PublishItem(topic, data, event_type, is_json)

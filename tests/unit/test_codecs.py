@@ -45,7 +45,7 @@ def test_decode_batch():
     )
     assert codecs.decode_batch("application/json", body) == [
         PublishItem("a", "t", None, False),
-        PublishItem("b", '{"x":1}', "e", True),
+        PublishItem("b", '{"x": 1}', "e", True),  # kept as sent, like a single publish
     ]
     packed = msgpack.packb({"events": [{"topic": "a", "data": [1]}]})
     assert codecs.decode_batch("application/msgpack", packed) == [
