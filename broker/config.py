@@ -132,6 +132,9 @@ class ClusterSettings:
     redis_key_prefix: str = "broker"
     redis_timeout_seconds: float = field(default=2.0, metadata=_range(0.05, 600))
     redis_idle_topic_seconds: float = field(default=30.0, metadata=_range(0.05, 86400))
+    redis_tls_ca_file: str = ""
+    redis_tls_cert_file: str = ""
+    redis_tls_key_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,9 +328,25 @@ def _check_redis(source: str, settings: Settings) -> None:
     if not cluster.enabled:
         raise ConfigError(f'{source}: [cluster] engine = "redis" needs enabled = true')
     try:
-        parse_redis_url(cluster.redis_url)
+        address = parse_redis_url(cluster.redis_url)
     except ValueError as exc:
         raise ConfigError(f"{source}: [cluster] redis_url: {exc}") from None
+    tls_files = {
+        name: getattr(cluster, name)
+        for name in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+    }
+    if any(tls_files.values()) and not address.tls:
+        raise ConfigError(
+            f"{source}: [cluster] redis_tls_* files need a TLS redis_url "
+            "(rediss://, rediss+cluster:// or rediss+sentinel://)"
+        )
+    if bool(cluster.redis_tls_cert_file) != bool(cluster.redis_tls_key_file):
+        raise ConfigError(
+            f"{source}: [cluster] redis_tls_cert_file and redis_tls_key_file go together"
+        )
+    for name, value in tls_files.items():
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{source}: [cluster] {name} {value!r} not found")
     if not _KEY_PREFIX.fullmatch(cluster.redis_key_prefix):
         raise ConfigError(
             f"{source}: [cluster] redis_key_prefix must be 1-64 characters of "

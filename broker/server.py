@@ -262,6 +262,9 @@ async def _maybe_store(hub: Hub, settings: Settings) -> AsyncIterator[RedisEngin
         timeout_seconds=config.redis_timeout_seconds,
         backoff_max_seconds=config.backoff_max_seconds,
         idle_topic_seconds=config.redis_idle_topic_seconds,
+        tls_ca_file=config.redis_tls_ca_file,
+        tls_cert_file=config.redis_tls_cert_file,
+        tls_key_file=config.redis_tls_key_file,
     )
     async with open_redis_engine(hub, options) as engine:
         yield engine

@@ -107,6 +107,9 @@ class RedisOptions:
         idle_topic_seconds: a topic without local subscribers is still followed this long
             (a reconnecting client finds its cache).
         read_batch: most entries read per topic per round trip.
+        tls_ca_file: with TLS, the CA bundle Redis's certificate is verified against
+            (the system's CAs when empty).
+        tls_cert_file, tls_key_file: a client certificate for Redis, if it asks.
     """
 
     url: str = "redis://127.0.0.1:6379/0"
@@ -116,6 +119,9 @@ class RedisOptions:
     backoff_max_seconds: float = 10.0
     idle_topic_seconds: float = 30.0
     read_batch: int = 1000
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 class RedisEngine:
@@ -702,21 +708,39 @@ def _first(group: BaseException) -> BaseException:
 
 def _startup_error(address: RedisAddress, exc: BaseException) -> ConfigError:
     detail = str(exc) or type(exc).__name__
+    root = exc
+    while root.__cause__ is not None:  # coredis wraps the reason (refused, TLS) in its own
+        root = _first(root.__cause__)
+    if root is not exc:
+        detail = f"{detail}: {str(root) or type(root).__name__}"
     return ConfigError(f"[cluster] redis_url {address.redacted()}: cannot use Redis: {detail}")
 
 
-async def _connect(address: RedisAddress, timeout: float, stack: AsyncExitStack) -> Any:
+def tls_context(options: RedisOptions) -> ssl.SSLContext:
+    """The TLS context for a ``rediss`` URL: Redis's certificate and host name are
+    verified (against ``tls_ca_file``, or the system's CAs); a client certificate is
+    presented if one is configured."""
+    context = ssl.create_default_context(cafile=options.tls_ca_file or None)
+    if options.tls_cert_file:
+        context.load_cert_chain(options.tls_cert_file, options.tls_key_file or None)
+    return context
+
+
+async def _connect(address: RedisAddress, options: RedisOptions, stack: AsyncExitStack) -> Any:
     """A connected client for ``address`` whose lifetime is ``stack``'s.
 
     The client's context (its connection pool runs a task group) is entered outside any
     cancel scope of ours: the connect and command timeouts bound the wait instead.
     """
+    timeout = options.timeout_seconds
     common: dict[str, Any] = {
         "connect_timeout": timeout,
         "stream_timeout": timeout,
         "username": address.username,
         "password": address.password,
     }
+    if address.tls:  # coredis's own default would verify no host name
+        common["ssl_context"] = tls_context(options)
     client: Any
     if address.kind == "cluster":
         client = coredis.RedisCluster(
@@ -733,8 +757,6 @@ async def _connect(address: RedisAddress, timeout: float, stack: AsyncExitStack)
             sentinel_kwargs={"connect_timeout": timeout, "stream_timeout": timeout},
         )
         await stack.enter_async_context(sentinel)
-        if address.tls:
-            common["ssl_context"] = ssl.create_default_context()
         client = sentinel.primary_for(address.service, db=address.db, **common)
     elif address.unix_path:
         client = coredis.Redis(
@@ -774,7 +796,7 @@ async def open_redis_engine(hub: Hub, options: RedisOptions) -> AsyncIterator[Re
         library_log.setLevel(logging.WARNING)
     async with AsyncExitStack() as stack:
         try:
-            client = await _connect(address, options.timeout_seconds, stack)
+            client = await _connect(address, options, stack)
         except* (*_FAILURES, ValueError) as group:
             raise _startup_error(address, _first(group)) from None
         engine = RedisEngine(hub, options, client, address)

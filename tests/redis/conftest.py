@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.redis.certificates import Certificates
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -106,8 +109,7 @@ class RedisServer:
             self.proc = subprocess.Popen(
                 [
                     REDIS_SERVER,
-                    "--port",
-                    str(self.port),
+                    *self.listen_args(),
                     "--bind",
                     "127.0.0.1",
                     "--save",
@@ -123,7 +125,7 @@ class RedisServer:
             log.close()
             proc = self.proc
             wait_until(
-                lambda proc=proc: proc.poll() is not None or answers(self.port),
+                lambda proc=proc: proc.poll() is not None or self.ready(),
                 what=f"redis-server on {self.port}",
             )
             if proc.poll() is None:
@@ -134,6 +136,12 @@ class RedisServer:
             self.port = free_port(bus=self.bus)
         log_text = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"redis-server did not start on {self.port}:\n{log_text}")
+
+    def listen_args(self) -> list[str]:
+        return ["--port", str(self.port)]
+
+    def ready(self) -> bool:
+        return answers(self.port)
 
     def kill(self) -> None:
         """SIGKILL (a stopped process too): what it had not acknowledged never happens."""
@@ -177,6 +185,64 @@ def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
         pytest.skip("redis-server is not installed (Debian package redis-server)")
     server = RedisServer(tmp_path, persistent=True)
     server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class TlsRedisServer(RedisServer):
+    """A Redis that speaks TLS only (``--port 0 --tls-port``), with a throwaway CA.
+
+    It asks clients for a certificate (Redis's default, ``tls-auth-clients yes``);
+    ``certificates`` has the CA, the server's and a client's certificate files.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.certificates = Certificates.create(directory)
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0"
+
+    def listen_args(self) -> list[str]:
+        files = self.certificates
+        return [
+            "--port", "0",
+            "--tls-port", str(self.port),
+            "--tls-cert-file", files.server_cert,
+            "--tls-key-file", files.server_key,
+            "--tls-ca-cert-file", files.ca,
+        ]  # fmt: skip
+
+    def ready(self) -> bool:
+        files = self.certificates
+        context = ssl.create_default_context(cafile=files.ca)
+        context.load_cert_chain(files.client_cert, files.client_key)
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[TlsRedisServer]:
+    """A single Redis on TLS only, verifying client certificates."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    server = TlsRedisServer(tmp_path)
+    try:
+        server.start()
+    except RuntimeError as exc:  # built without TLS: say so rather than fail
+        if "tls" in str(exc).lower():
+            pytest.skip(f"this redis-server cannot serve TLS: {exc}")
+        raise
     try:
         yield server
     finally:

@@ -3,6 +3,8 @@ import pytest
 from broker.config import Settings, load_settings
 from broker.errors import ConfigError
 
+REDIS = "[cluster]\nenabled = true\nengine = 'redis'\n"
+
 
 def test_shipped_config_toml_matches_the_defaults():
     assert load_settings("config.toml") == Settings()
@@ -37,6 +39,13 @@ def test_environment_and_flags_override_the_file(tmp_path):
         ("", {"BROKER_SERVER_PORT": "abc"}, "BROKER_SERVER_PORT"),
         ("", {"BROKER_SERVER_COLOUR": "1"}, "BROKER_SERVER_COLOUR"),
         ("[limits]\nmax_body_bytes = 4000000\n", {}, "queue_bytes"),
+        (REDIS + "redis_tls_ca_file = 'ca.pem'\n", {}, "need a TLS redis_url"),
+        (REDIS + "redis_url = 'rediss://h'\nredis_tls_cert_file = 'c'\n", {}, "go together"),
+        (
+            REDIS + "redis_url = 'rediss://h'\nredis_tls_ca_file = '/nonexistent.pem'\n",
+            {},
+            r"\[cluster\] redis_tls_ca_file '/nonexistent.pem' not found",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, environ, message):

@@ -1,0 +1,77 @@
+"""TLS to Redis: ``rediss://`` with a CA file and a client certificate (redis-server 7.0)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+import trio
+
+from tests.redis.conftest import TlsRedisServer, needs_redis
+from tests.redis.scenarios import collect, post, start_nodes, started
+from tests.support.sse_client import open_sse
+
+pytestmark = needs_redis
+
+
+def tls_keys(server: TlsRedisServer) -> dict[str, str]:
+    files = server.certificates
+    return {
+        "redis_tls_ca_file": files.ca,
+        "redis_tls_cert_file": files.client_cert,
+        "redis_tls_key_file": files.client_key,
+    }
+
+
+async def test_brokers_share_a_tls_only_redis(tls_redis: TlsRedisServer, key_prefix):
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_nodes(
+                nursery, tls_redis.url, key_prefix, 2, cluster=tls_keys(tls_redis)
+            )
+            stream = await open_sse(b.url, "/topics/t/events")
+            await started(stream)
+            await post(a.url, "t", "over TLS")
+            assert [e.json() for e in await collect(stream, 1)] == ["over TLS"]
+            async with httpx.AsyncClient(base_url=a.url) as client:
+                stats = (await client.get("/stats")).json()["cluster"]
+            assert (stats["redis"], stats["state"]) == (tls_redis.url, "up")
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+def run_broker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker", "run", "--port", "0", "--config", os.devnull],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_redis_certificate_is_verified_and_ours_is_required(tls_redis: TlsRedisServer):
+    keys = tls_keys(tls_redis)
+    base = {
+        "BROKER_CLUSTER_ENABLED": "true",
+        "BROKER_CLUSTER_ENGINE": "redis",
+        "BROKER_CLUSTER_REDIS_URL": tls_redis.url,
+        "BROKER_CLUSTER_REDIS_TIMEOUT_SECONDS": "1",
+    }
+    for missing, expected in (
+        ("redis_tls_ca_file", "CERTIFICATE_VERIFY_FAILED"),  # our CA is not the system's
+        ("redis_tls_cert_file", "Connection"),  # Redis asks for a client certificate
+    ):
+        env = {**base}
+        for name, value in keys.items():
+            if name != missing and not (missing == "redis_tls_cert_file" and "key" in name):
+                env[f"BROKER_CLUSTER_{name.upper()}"] = value
+        done = run_broker(env)
+        assert done.returncode == 2, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.startswith("broker:")]
+        assert len(lines) == 1, done.stderr
+        assert "cannot use Redis" in lines[0]
+        assert expected in lines[0]
+        assert "Traceback" not in done.stderr
