@@ -8,6 +8,9 @@ Every wait is for a condition, under ``trio.fail_after``.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,6 +48,23 @@ async def start_redis_node(
 
 async def start_nodes(nursery: trio.Nursery, url: str, prefix: str, count: int, **tables: Any):
     return [await start_redis_node(nursery, url, prefix, **tables) for _ in range(count)]
+
+
+def refused_at_start(env: dict[str, str]) -> str:
+    """Run ``broker run`` with these ``BROKER_*`` settings; it must stop at once with one
+    ``broker:`` line (exit code 2, no traceback). Returns that line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", "run", "--port", "0", "--config", os.devnull],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("broker:")]
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    return lines[0]
 
 
 async def post(
