@@ -2,9 +2,9 @@
 
 Data model. An event's data is text. A ``text/plain`` body is that text. A JSON body must
 be valid JSON and its text is kept byte for byte (a publisher's Korean text or number
-formatting is never rewritten); so is each item's data in a JSON batch. A msgpack body is decoded and, unless it is a string,
-written as compact JSON. ``is_json`` tells WebSocket and envelope clients to embed the data
-as a JSON value rather than a string.
+formatting is never rewritten); so is each item's data in a JSON batch. A msgpack body is
+decoded and, unless it is a string, written as compact JSON. ``is_json`` tells WebSocket
+and envelope clients to embed the data as a JSON value rather than a string.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ class Mailbox:
     def __init__(self, *, max_events: int, max_bytes: int) -> None:
         self.max_events = max(1, max_events)
         self.max_bytes = max_bytes
-        self._frames: deque[tuple[bytes, str, float]] = deque()
+        # Most subscribers never queue: the deque (~0.7 KiB) is made on first use.
+        self._frames: deque[tuple[bytes, str, float]] | tuple[()] = ()
         self.bytes = 0
         self.peak = 0
         self.dropped = 0
@@ -62,6 +63,8 @@ class Mailbox:
     def put_nowait(self, frame: bytes, event_id: str, queued_at: float = 0.0) -> None:
         """Queue a frame; drop the oldest ones if the bounds are exceeded. Never blocks."""
         frames = self._frames
+        if not isinstance(frames, deque):
+            frames = self._frames = deque()
         frames.append((frame, event_id, queued_at))
         self.bytes += len(frame)
         while len(frames) > 1 and (len(frames) > self.max_events or self.bytes > self.max_bytes):
@@ -85,19 +88,25 @@ class Mailbox:
         """
         frames = self._frames
         taken: list[bytes] = []
+        if not frames:
+            dropped, self._unreported = self._unreported, 0
+            return taken, None, dropped
+        assert isinstance(frames, deque)
         last_id: str | None = None
         size = 0
         while frames and (not taken or size + len(frames[0][0]) <= max_bytes):
             frame, last_id, _ = frames.popleft()
             taken.append(frame)
             size += len(frame)
+        if not frames:
+            self._frames = ()
         self.bytes -= size
         dropped, self._unreported = self._unreported, 0
         return taken, last_id, dropped
 
     def clear(self) -> None:
         """Forget everything queued (the connection is gone)."""
-        self._frames.clear()
+        self._frames = ()
         self.bytes = 0
 
     def statistics(self) -> MailboxStatistics:

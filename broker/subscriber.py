@@ -178,7 +178,7 @@ class Subscriber:
         self.busy = False
         self._tail: bytes | memoryview = b""
         self._final: bytes | None = None
-        self._backlog: deque[Event] = deque()
+        self._backlog: deque[Event] | tuple[()] = ()  # made on first replay
         self._control: list[bytes] = []
         self._corked: list[bytes] | None = None
         self.delivered = 0
@@ -234,7 +234,10 @@ class Subscriber:
         """
         if not events or self.ended:
             return
-        self._backlog.extend(events)
+        if isinstance(self._backlog, deque):
+            self._backlog.extend(events)
+        else:
+            self._backlog = deque(events)
         if not self.busy:
             self.busy = True
             self._nursery.start_soon(self._writer_task)
@@ -351,6 +354,7 @@ class Subscriber:
 
     def _take_backlog(self) -> bytes:
         backlog, frame = self._backlog, self.frame
+        assert isinstance(backlog, deque)
         frames: list[bytes] = []
         size = 0
         while backlog and (not frames or size < BATCH_BYTES):
@@ -358,6 +362,8 @@ class Subscriber:
             frames.append(frame(event))
             size += len(frames[-1])
             self.position = event.id
+        if not backlog:
+            self._backlog = ()
         self.delivered += len(frames)
         return frames[0] if len(frames) == 1 else b"".join(frames)
 
