@@ -46,9 +46,12 @@ def test_redis_certificate_is_verified_and_ours_is_required(tls_redis: TlsRedisS
         "BROKER_CLUSTER_REDIS_URL": tls_redis.url,
         "BROKER_CLUSTER_REDIS_TIMEOUT_SECONDS": "1",
     }
+    # Redis asks for a client certificate: it says so in the handshake, or resets the
+    # connection just after it, whichever the timing gives
+    no_client_certificate = ("CERTIFICATE_REQUIRED", "reset by peer", "Connection lost")
     for missing, expected in (
-        ("redis_tls_ca_file", "CERTIFICATE_VERIFY_FAILED"),  # our CA is not the system's
-        ("redis_tls_cert_file", "Connection"),  # Redis asks for a client certificate
+        ("redis_tls_ca_file", ("CERTIFICATE_VERIFY_FAILED",)),  # our CA is not the system's
+        ("redis_tls_cert_file", no_client_certificate),
     ):
         env = {**base}
         for name, value in keys.items():
@@ -56,4 +59,4 @@ def test_redis_certificate_is_verified_and_ours_is_required(tls_redis: TlsRedisS
                 env[f"BROKER_CLUSTER_{name.upper()}"] = value
         line = refused_at_start(env)
         assert "cannot use Redis" in line
-        assert expected in line
+        assert any(reason in line for reason in expected), line
