@@ -2,13 +2,15 @@
 
 ``ids`` (event ids ↔ stream entry ids), ``address`` (the ``redis_url`` forms),
 ``entries`` (keys, entry fields and the publish script) and ``cache`` (a node's copy of a
-topic's tail and where a stream starts) are sans-IO; ``engine`` runs the connection, the
-reader and the supervisor with coredis (which is built on anyio and runs under Trio).
+topic's tail and where a stream starts) are sans-IO. The engine runs on coredis (built on
+anyio, so it runs under Trio), one module per part: ``publishing``, ``starting``,
+``follower``, ``health`` and ``connection``, over the shared state of ``base``, joined in
+``engine``.
 """
 
-from .engine import BatchSpansSlots as BatchSpansSlots
+from .base import RedisOptions as RedisOptions
 from .engine import RedisEngine as RedisEngine
-from .engine import RedisOptions as RedisOptions
 from .engine import open_redis_engine as open_redis_engine
+from .publishing import BatchSpansSlots as BatchSpansSlots
 
 __all__ = ["BatchSpansSlots", "RedisEngine", "RedisOptions", "open_redis_engine"]

@@ -1,7 +1,7 @@
 """How a node should learn about new stream entries: three ways, measured.
 
 Not a test (pytest does not collect it): the measurement behind the choice documented in
-``broker/redis_engine/engine.py`` and the README. Run it with::
+``broker/redis_engine/follower.py`` and the README. Run it with::
 
     .venv/bin/python -m tests.redis.measure_live_read [--rate 2000] [--seconds 5]
 
