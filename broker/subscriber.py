@@ -261,8 +261,16 @@ class Subscriber:
     def uncork(self) -> None:
         """Write what was held since :meth:`cork` in one call."""
         frames, self._corked = self._corked, None
-        if frames and not self.ended:
-            self._write_through(frames[0] if len(frames) == 1 else b"".join(frames))
+        if not frames or self.ended:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        if self.busy:
+            # A replay started the writer meanwhile (nothing was written yet: no checkpoint
+            # since cork): the held frames go first, as its tail.
+            assert not self._tail
+            self._tail = data
+        else:
+            self._write_through(data)
 
     def close(self, final_frame: bytes | None) -> None:
         """Finish the stream: flush what is pending, then ``final_frame``, then end."""
