@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": {},
     }
     interrupted = False
-    cluster_server: Server | None = None
+    cluster_servers: list[Server] = []
     try:
         print(f"bench: building load tools in {LOAD_DIR / 'build'}", file=sys.stderr)
         ssesub_bin, pubload_bin = build_tools()
@@ -226,14 +226,20 @@ def main(argv: list[str] | None = None) -> int:
                 results["scenarios"]["cluster"] = {"skipped": why}
                 scenarios.remove("cluster")
             else:
-                cluster_server = ClusterBroker(registry, log_dir, args.nodes or 3)
+                cluster_servers.append(ClusterBroker(registry, log_dir, args.nodes or 3))
                 notes.append(
                     "cluster: nginx+nchan has no cluster, so the table has the broker only"
                 )
+                if shutil.which("redis-server") and "--engine" in helptext:
+                    cluster_servers.append(
+                        ClusterBroker(registry, log_dir, args.nodes or 3, engine="redis")
+                    )
+                else:
+                    notes.append("cluster on Redis skipped: redis-server is not installed")
 
         def servers_for(name: str) -> list[Server]:
             if name == "cluster":
-                return [cluster_server] if cluster_server else []
+                return cluster_servers
             return servers
 
         for name in scenarios:
@@ -307,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:
-        for s in [*servers, *([cluster_server] if cluster_server else [])]:
+        for s in [*servers, *cluster_servers]:
             try:
                 s.stop()
             except Exception:

@@ -84,7 +84,6 @@ def _fmt(metric: str, v: Any) -> str:
 
 def write_markdown(path: Path, results: dict[str, Any]) -> None:
     host = results["host"]
-    servers = results["servers"]
     ours, theirs = "broker", "nchan"
     lines = [
         f"# broker load test: {results['date']}",
@@ -114,9 +113,13 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
         if per_server.get("skipped"):
             lines += [f"Skipped: {per_server['skipped']}", ""]
             continue
-        cols = [s for s in servers if s in per_server]
+        cols = [s for s in per_server if isinstance(per_server[s], dict)]
         both = ours in cols and theirs in cols
-        names = {"broker": "broker (ours)", "nchan": "nginx+nchan"}
+        names = {
+            "broker": "broker (ours)",
+            "nchan": "nginx+nchan",
+            "broker-redis": "broker on Redis",
+        }
         head = "| case | metric | " + " | ".join(
             f"{names.get(c, c)}, {len(per_server[c].get('runs', []))} run(s)" for c in cols
         )
@@ -194,15 +197,15 @@ def write_plots(outdir: Path, results: dict[str, Any], hist_dir: Path) -> list[s
         results.setdefault("notes", []).append("matplotlib is not installed: no plots")
         return []
     made: list[str] = []
-    styles = {"broker": "-", "nchan": "--"}
+    styles = {"broker": "-", "nchan": "--", "broker-redis": ":"}
     for scenario in ("fanout", "burst", "slow", "cluster"):
         per_server = results["scenarios"].get(scenario, {})
         if not per_server or per_server.get("skipped"):
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
         drawn = 0
-        for server in results["servers"]:
-            for case in per_server.get(server, {}).get("median", {}):
+        for server in [s for s in per_server if isinstance(per_server[s], dict)]:
+            for case in per_server[server].get("median", {}):
                 files = sorted(hist_dir.glob(f"{scenario}-{server}-{case_tag(case)}-r*.json"))
                 if not files:
                     files = sorted(hist_dir.glob(f"{scenario}-{server}-{case}-r*.json"))

@@ -221,24 +221,56 @@ def _free_port_block(count: int) -> int:
 
 
 class ClusterBroker(_BrokerRoutes, Server):
-    """``python -m broker cluster --nodes N`` on consecutive loopback ports; ready when every node
-    printed ``listening on`` and every peer link is up (N x (N-1) ``linked to`` lines)."""
+    """``python -m broker cluster --nodes N`` on consecutive loopback ports.
 
-    name = "broker"
-    label = "broker cluster"
+    ``engine="mesh"``: ready when every node printed ``listening on`` and every peer link is up
+    (N x (N-1) ``linked to`` lines). ``engine="redis"``: the bench also starts a private
+    ``redis-server`` (persistence off) that the nodes share; its CPU counts as the server's.
+    """
+
     batch_path = "/publish"
 
-    def __init__(self, registry: ProcessRegistry, log_dir: Path, nodes: int) -> None:
+    def __init__(
+        self, registry: ProcessRegistry, log_dir: Path, nodes: int, engine: str = "mesh"
+    ) -> None:
         self._registry = registry
         self._log_dir = log_dir
         self.nodes = nodes
+        self.engine = engine
+        self.name = "broker" if engine == "mesh" else f"broker-{engine}"
+        self.label = "broker cluster" if engine == "mesh" else f"broker cluster on {engine}"
         self.ports: list[int] = []
         self._proc: subprocess.Popen[Any] | None = None
+        self._redis: subprocess.Popen[Any] | None = None
         self._starts = 0
+
+    def _start_redis(self) -> str:
+        port = free_port()
+        log = self._log_dir / f"redis-{self._starts}.log"
+        with open(log, "wb") as f:
+            self._redis = self._registry.popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
+        if not wait_port(port, START_TIMEOUT_S):
+            raise BenchError(f"redis-server did not listen on {port} (log: {log})")
+        return f"redis://127.0.0.1:{port}"
 
     def start(self) -> None:
         self._starts += 1
-        log = self._log_dir / f"cluster-{self._starts}.log"
+        log = self._log_dir / f"cluster-{self.engine}-{self._starts}.log"
         base = _free_port_block(2 * self.nodes + 10)
         argv = [
             _python(),
@@ -253,7 +285,12 @@ class ClusterBroker(_BrokerRoutes, Server):
             str(base),
             "--peer-port",
             str(base + self.nodes + 5),
+            "--engine",
+            self.engine,
         ]
+        if self.engine == "redis":
+            argv += ["--redis-url", self._start_redis()]
+        links = self.nodes * (self.nodes - 1) if self.engine == "mesh" else 0
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(log, "wb") as f:
             self._proc = self._registry.popen(
@@ -268,9 +305,7 @@ class ClusterBroker(_BrokerRoutes, Server):
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace")
             ports = sorted({int(p) for p in LISTENING_RE.findall(text)})
-            if len(ports) >= self.nodes and text.count("linked to") >= self.nodes * (
-                self.nodes - 1
-            ):
+            if len(ports) >= self.nodes and text.count("linked to") >= links:
                 self.ports = ports[: self.nodes]
                 self.port = self.ports[0]
                 return
@@ -285,9 +320,13 @@ class ClusterBroker(_BrokerRoutes, Server):
     def stop(self) -> None:
         _stop_gracefully(self._proc, self._registry, os.killpg, 8)
         self._proc = None
+        if self._redis is not None:
+            self._registry.kill(self._redis, signal.SIGTERM, grace_s=3.0)
+            self._redis = None
 
     def pids(self) -> list[int]:
-        return descendants(self._proc.pid) if self._proc else []
+        pids = descendants(self._proc.pid) if self._proc else []
+        return pids + ([self._redis.pid] if self._redis else [])
 
 
 NGINX_CONF: Final = """\
