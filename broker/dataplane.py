@@ -29,7 +29,7 @@ import trio
 from . import codecs
 from .errors import BadEventId, ClientError
 from .hub import Hub, PublishItem, Unavailable
-from .limits import Overloaded
+from .limits import Overloaded, TooManyRequests
 from .policy import Policy
 from .replay import StartAt
 from .request import (
@@ -59,6 +59,9 @@ SSE_HEAD: Final = (
 
 Handoff = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 Answer = dict[str, object]
+
+#: Longest pause before reading a rate-limited connection's next request.
+MAX_RATE_HOLD_SECONDS: Final = 5.0
 
 #: An id echoed back to a refused client must be a plain id (no line breaks).
 _PLAIN_ID: Final = re.compile(r"[A-Za-z0-9._~-]{1,1024}")
@@ -237,6 +240,16 @@ class DataPlane:
                     return False
                 if after is not _After.NEXT:
                     break
+                if connection.hold:
+                    # Rate limited: its next request is read once a token is back. A client
+                    # that honours Retry-After never notices; one that floods costs a request
+                    # per refill instead of as many as it can send (load/ flood scenario).
+                    waiting[idle] = self._clock
+                    try:
+                        await trio.sleep(connection.hold)
+                    finally:
+                        waiting.pop(idle, None)
+                        connection.hold = 0.0
             else:
                 return False
         if after is _After.CLOSE or after is _After.NEXT:
@@ -369,6 +382,8 @@ class DataPlane:
             request.keep_alive = False
             return b""
         except ClientError as error:
+            if isinstance(error, TooManyRequests):
+                connection.hold = min(error.wait_seconds + 0.005, MAX_RATE_HOLD_SECONDS)
             return error_response(error, keep_alive=request.keep_alive, headers=cors)
 
     async def _serve_websocket(

@@ -26,6 +26,8 @@ class TooManyRequests(ClientError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = max(1, math.ceil(retry_after))
+        #: Seconds until the bucket has the tokens again (``Retry-After`` rounds it up).
+        self.wait_seconds = retry_after
 
 
 class Overloaded(ClientError):

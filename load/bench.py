@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from .scenarios import SCENARIOS, Context, Settings
+from .scenarios import FLOOD_ENV, SCENARIOS, Context, Settings
 from .servers import (
     REPO_ROOT,
     BrokerServer,
@@ -45,8 +45,8 @@ from .servers import (
 )
 from .tools import LOAD_DIR, BenchError, ProcessRegistry, build_tools
 
-DEFAULT_ORDER = ("fanout", "burst", "idle", "publish", "slow", "cluster")
-REPEAT_PRIORITY = ("fanout", "burst", "slow", "publish", "idle", "cluster")
+DEFAULT_ORDER = ("fanout", "burst", "idle", "publish", "slow", "cluster", "flood")
+REPEAT_PRIORITY = ("fanout", "burst", "slow", "publish", "idle", "flood", "cluster")
 
 
 def _estimate_s(name: str, st: Settings) -> float:
@@ -58,6 +58,7 @@ def _estimate_s(name: str, st: Settings) -> float:
         "publish": st.publish_seconds * 3 + 6,
         "slow": 2 * (st.slow_seconds * 1.4 + 4) + 3,
         "cluster": st.fanout_seconds * 1.4 + 12,
+        "flood": 2 * (st.fanout_seconds * 1.4 + 4) + 4,
     }.get(name, 10)
 
 
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     interrupted = False
     cluster_servers: list[Server] = []
+    flood_servers: list[Server] = []
     try:
         print(f"bench: building load tools in {LOAD_DIR / 'build'}", file=sys.stderr)
         ssesub_bin, pubload_bin = build_tools()
@@ -237,9 +239,26 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     notes.append("cluster on Redis skipped: redis-server is not installed")
 
+        if "flood" in scenarios:
+            if args.skip_broker or args.broker_url:
+                results["scenarios"]["flood"] = {
+                    "skipped": "needs a broker started by the bench with auth and rate limits"
+                }
+                scenarios.remove("flood")
+            else:
+                flood_servers.append(
+                    BrokerServer(registry, log_dir, args.broker_arg, env=FLOOD_ENV)
+                )
+                notes.append(
+                    "flood: broker only (nginx+nchan has no per-client publish limit); the "
+                    "broker runs with JWT auth and publish_rate 25/s, burst 5 per token"
+                )
+
         def servers_for(name: str) -> list[Server]:
             if name == "cluster":
                 return cluster_servers
+            if name == "flood":
+                return flood_servers
             return servers
 
         for name in scenarios:
@@ -313,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:
-        for s in [*servers, *cluster_servers]:
+        for s in [*servers, *cluster_servers, *flood_servers]:
             try:
                 s.stop()
             except Exception:
@@ -335,6 +354,7 @@ def _summary(name: str, cases: dict[str, dict[str, Any]]) -> str:
         "idle": ("rss_mib", "kib_per_conn"),
         "publish": ("events_per_s", "resp_p99_ms"),
         "slow": ("p99_ms", "rss_growth_mib"),
+        "flood": ("p99_ms", "p99_vs_alone", "flood_requests_per_s"),
         "cluster": ("delivered_pct", "p99_ms", "deliveries_per_s"),
     }.get(name, ())
     parts = []

@@ -45,6 +45,10 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "stalled_closed_by_server": ("frozen clients closed by server", "{:.0f}", ""),
     "readers_dropped": ("drops seen by readers", "{:,.0f}", "lower"),
     "server_reported_drops": ("drops reported by the server (*)", "{:,.0f}", ""),
+    "flood_requests_per_s": ("flood: requests answered/s", "{:,.0f}", ""),
+    "flood_accepted_per_s": ("flood: accepted/s (limit 25)", "{:,.1f}", ""),
+    "flood_refused": ("flood: refused with 429", "{:,.0f}", ""),
+    "p99_vs_alone": ("p99 flooded / alone (target ≤ 1.2)", "{:.2f}", "lower"),
 }
 
 TITLES = {
@@ -54,6 +58,7 @@ TITLES = {
     "publish": "Publish throughput (1 subscriber)",
     "slow": "Slow consumers: 1000 subscribers, 20 ev/s, 2 KiB events",
     "cluster": "Cluster: subscribers spread over the nodes, 20 ev/s published on the first node",
+    "flood": "Flood: 1000 subscribers at 20 ev/s while another token floods (broker only)",
 }
 
 

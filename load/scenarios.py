@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from .servers import Server
 from .tools import BenchError, ProcessRegistry, Tool, busy_pct, cpu_seconds, host_cpu, rss_kib
@@ -123,6 +123,7 @@ def _paced_fanout(
     extra_sub: list[Any] | None = None,
     size: int = 0,
     measure: Callable[[str], None] | None = None,
+    extra_pub: list[Any] | None = None,
 ) -> tuple[Metrics, Metrics, Metrics]:
     """N subscribers, one publisher at the fan-out rate for ``seconds``.
 
@@ -178,6 +179,7 @@ def _paced_fanout(
     ]
     if size:
         pub_args += ["--size", size]
+    pub_args += extra_pub or []
     p = ctx.pubload(server, *pub_args).finish(seconds * 1.5 + 30)
     sub.wait_complete(30)
     cpu1 = cpu_seconds(pids)
@@ -565,6 +567,77 @@ def cluster(ctx: Context, server: Server) -> Cases:
     return out
 
 
+#: The flood scenario's broker: JWT auth and a per-token publish rate of 25/s, burst 5.
+FLOOD_SECRET: Final = "load-bench-flood-secret-at-least-32-bytes"
+FLOOD_ENV: Final = {
+    "BROKER_AUTH_SECRET": FLOOD_SECRET,
+    "BROKER_LIMITS_PUBLISH_RATE": "25",
+    "BROKER_LIMITS_PUBLISH_BURST": "5",
+}
+
+
+def _bearer(subject: str) -> list[str]:
+    import jwt  # the broker's own dependency (PyJWT)
+
+    claims = {"sub": subject, "publish": ["**"], "exp": int(time.time()) + 3600}
+    return ["--header", f"Authorization: Bearer {jwt.encode(claims, FLOOD_SECRET, 'HS256')}"]
+
+
+def flood(ctx: Context, server: Server) -> Cases:
+    """1000 subscribers, 20 ev/s from a publisher within its token's rate limit: once alone,
+    once while another token floods the broker as fast as 4 keep-alive connections go (every
+    request over its 25/s is refused with 429). The flood publishes to a topic nobody reads,
+    so the subscribers' load is the same in both cases: only the flood's cost differs."""
+    st = ctx.settings
+    out: Cases = {}
+    for case in ("alone", "flooded"):
+        flooder: dict[str, Any] = {}
+
+        def measure(when: str, flooder: dict[str, Any] = flooder, case: str = case) -> None:
+            if case == "alone":
+                return
+            if when == "before":
+                flooder["cpu0"] = cpu_seconds(server.pids())
+                flooder["t0"] = time.monotonic()
+                flooder["tool"] = ctx.pubload(
+                    server,
+                    "--path",
+                    "/topics/flood-sink",
+                    "-k",
+                    4,
+                    "-m",
+                    1e9,
+                    "--duration",
+                    st.fanout_seconds * 3 + 30,
+                    *_bearer("flooder"),
+                )
+                time.sleep(1.0)  # the flood is in full swing before the paced publisher starts
+            else:
+                flooder["report"] = flooder["tool"].stop()
+                flooder["t1"] = time.monotonic()
+
+        _, _, d = _paced_fanout(
+            ctx,
+            server,
+            "flood",
+            case,
+            st.slow_n,
+            st.fanout_seconds,
+            measure=measure,
+            extra_pub=_bearer("legit"),
+        )
+        if "report" in flooder:
+            f, seconds = flooder["report"], flooder["t1"] - flooder["t0"]
+            d["flood_requests_per_s"] = f["requests"] / seconds
+            d["flood_accepted_per_s"] = f["accepted"] / seconds
+            d["flood_refused"] = f["requests"] - f["accepted"]
+        out[case] = d
+    alone, flooded = out["alone"], out["flooded"]
+    if alone.get("p99_ms") and flooded.get("p99_ms"):
+        out["flooded"]["p99_vs_alone"] = flooded["p99_ms"] / alone["p99_ms"]
+    return out
+
+
 SCENARIOS: dict[str, Callable[[Context, Server], Cases]] = {
     "fanout": fanout,
     "burst": burst,
@@ -572,4 +645,5 @@ SCENARIOS: dict[str, Callable[[Context, Server], Cases]] = {
     "publish": publish,
     "slow": slow,
     "cluster": cluster,
+    "flood": flood,
 }

@@ -117,11 +117,16 @@ class BrokerServer(_BrokerRoutes, Server):
     batch_path = "/publish"
 
     def __init__(
-        self, registry: ProcessRegistry, log_dir: Path, extra_args: list[str] | None = None
+        self,
+        registry: ProcessRegistry,
+        log_dir: Path,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self._registry = registry
         self._log_dir = log_dir
         self._extra = extra_args or []
+        self._env = env or {}
         self._proc: subprocess.Popen[Any] | None = None
         self._starts = 0
 
@@ -139,7 +144,7 @@ class BrokerServer(_BrokerRoutes, Server):
             "127.0.0.1",
             *self._extra,
         ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self._env)
         with open(log, "wb") as f:
             self._proc = self._registry.popen(
                 argv,

@@ -1,6 +1,7 @@
 """Production features against a real broker: auth, limits, CORS, metrics, readiness."""
 
 import json
+import re
 import time
 
 import httpx
@@ -242,3 +243,21 @@ async def test_metrics_readiness_and_connection_logs(caplog):
             assert "delivered=1" in caplog.text
             server.hub.close()  # the first step of a shutdown
             assert (await client.get("/readyz")).status_code == 503
+
+
+async def test_a_rate_limited_connection_is_read_again_only_once_a_token_is_back():
+    tables = {"limits": {"publish_rate": 4.0, "publish_burst": 1}}
+    post = b"POST /topics/r HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx"
+    with trio.fail_after(10):
+        async with open_broker_server(**tables) as server:
+            flooder = await trio.open_tcp_stream("127.0.0.1", server.port)
+            await flooder.send_all(post * 3)  # pipelined: as fast as it can
+            answers = b""
+            while answers.count(b"HTTP/1.1 ") < 3:
+                answers += await flooder.receive_some(65536)
+            statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)]
+            # Read at once, the third would be refused too; held until the bucket refilled
+            # (0.25 s), it is accepted.
+            assert statuses == [202, 429, 202]
+            assert server.hub.published == 2
+            await flooder.aclose()
