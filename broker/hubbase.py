@@ -25,10 +25,13 @@ DEFAULT_RETRY_MS: Final = 3000
 
 
 class _Topic:
-    __slots__ = ("final", "history", "name", "retained", "subscribers")
+    __slots__ = ("final", "history", "name", "retained", "subscribers", "tick")
 
     def __init__(self, name: str, history_size: int) -> None:
         self.name = name
+        #: Events published since the flusher last ran, up to publishing._HOLD_AT, from which
+        #: on its subscribers' writes are held until the flusher runs.
+        self.tick = 0
         self.history = TopicHistory(history_size)
         self.subscribers: dict[Subscriber, None] = {}
         self.retained: dict[str | None, Event] = {}
@@ -88,6 +91,12 @@ class HubBase:
         self.evicted = 0
         #: The external store (Redis engine), or ``None``: the hub keeps events itself.
         self.store: Store | None = None
+        #: Coalescing (hub.py's flusher task): topics published since it last ran, and the
+        #: subscribers whose direct writes wait for it.
+        self._coalescing = False
+        self._flusher = trio.lowlevel.ParkingLot()
+        self._touched: list[_Topic] = []
+        self._held: list[Subscriber] = []
 
     @property
     def synchronous(self) -> bool:

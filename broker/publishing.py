@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from . import positions
 from .errors import TopicClosed
@@ -18,6 +18,12 @@ from .events import Event
 from .hubbase import HubBase, _Topic
 from .store import NotSupported, PublishItem
 from .subscriber import Subscriber
+
+#: Events for one topic in one pass of the run loop before its subscribers' writes are held
+#: for the flusher. Holding from the second cost more than it saved where a saturated node
+#: handles two paced events a pass (load/ fan-out at 5000: p99 77 -> 144 ms); from the third,
+#: bursts still gain (burst 2000 -> 1000 subscribers: 91 k -> 178 k deliveries/s).
+_HOLD_AT: Final = 3
 
 
 class Publishing(HubBase):
@@ -220,8 +226,32 @@ class Publishing(HubBase):
         self.fanout_by_class[topic_class] = self.fanout_by_class.get(topic_class, 0) + len(
             subscribers
         )
+        if self._coalescing and subscribers and state.tick < _HOLD_AT:
+            if state.tick == 0:
+                state.tick = 1
+                self._touched.append(state)
+                if len(self._touched) == 1:
+                    self._flusher.unpark()
+            elif state.tick < _HOLD_AT - 1:
+                state.tick += 1
+            else:
+                # Another event for this topic before the run loop came round (a burst):
+                # hold each subscriber's direct writes; the flusher sends them as one.
+                state.tick = _HOLD_AT
+                for subscriber in subscribers:
+                    subscriber.cork()
+                self._held.extend(subscribers)
         for subscriber in subscribers:
             subscriber.offer(event)
         if event.final:
             state.final = event
             self._end_topic(state, event)
+
+    def flush_held(self) -> None:
+        """Send what bursts held back: one write per held subscriber (the flusher task)."""
+        for state in self._touched:
+            state.tick = 0
+        self._touched.clear()
+        held, self._held = self._held, []
+        for subscriber in held:
+            subscriber.uncork()

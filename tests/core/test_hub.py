@@ -34,6 +34,14 @@ class MemorySink:
         self._more.set()
 
 
+class CountingSink(MemorySink):
+    writes = 0
+
+    def send_nowait(self, data) -> int:
+        self.writes += 1
+        return super().send_nowait(data)
+
+
 def make_subscriber(nursery, sink, **options):
     scope = trio.CancelScope()
     defaults = dict(position="", max_events=4, max_bytes=1 << 20, send_timeout=5.0)
@@ -76,14 +84,6 @@ async def test_publish_has_no_checkpoint_and_writes_through_without_a_task():
 
 async def test_a_batch_reaches_each_subscriber_in_one_write_in_order():
     hub = Hub(history_size=100)
-
-    class CountingSink(MemorySink):
-        writes = 0
-
-        def send_nowait(self, data) -> int:
-            self.writes += 1
-            return super().send_nowait(data)
-
     async with trio.open_nursery() as nursery:
         both, only_b = CountingSink(), CountingSink()
         with (
@@ -108,6 +108,27 @@ async def test_a_batch_reaches_each_subscriber_in_one_write_in_order():
             hub.publish_nowait("a", "after")
             assert both.writes == 2
             assert both.written.endswith(b"data: after\n\n")
+
+
+async def test_a_burst_is_coalesced_but_paced_events_are_written_at_once():
+    async with open_hub(history_size=100) as hub, trio.open_nursery() as nursery:
+        sink = CountingSink()
+        with hub.subscribe(make_subscriber(nursery, sink, max_events=100), ["t"]):
+            await trio.testing.wait_all_tasks_blocked()
+            sink.writes = 0  # past broker.start
+            for n in range(3):  # paced: one event per pass of the run loop
+                hub.publish_nowait("t", f"p{n}")
+                assert sink.writes == n + 1  # written through at once
+                await trio.testing.wait_all_tasks_blocked()
+            with trio.testing.assert_no_checkpoints():
+                for n in range(10):  # a burst: ten events in one pass
+                    hub.publish_nowait("t", f"b{n}")
+            assert sink.writes == 3 + 2  # the first two at once, the rest held
+            await trio.testing.wait_all_tasks_blocked()
+            assert sink.writes == 3 + 3  # the flusher wrote the held eight as one
+            assert data_of(sink.written) == [f"p{n}".encode() for n in range(3)] + [
+                f"b{n}".encode() for n in range(10)
+            ]
 
 
 async def test_frames_are_shared_bytes_objects():
