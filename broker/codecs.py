@@ -9,6 +9,7 @@ and envelope clients to embed the data as a JSON value rather than a string.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Final
 
@@ -26,6 +27,7 @@ _MSGPACK_ALIASES: Final = frozenset({MSGPACK, "application/x-msgpack", "applicat
 _ACCEPTED: Final = "text/plain, application/json or application/msgpack"
 
 
+@functools.lru_cache(maxsize=256)
 def media_type(content_type: str | None) -> str:
     """The lowercased media type of a ``Content-Type`` value; ``text/plain`` if absent.
 

@@ -28,6 +28,7 @@ from .errors import BadEventId
 MAX_ID_CHARS: Final = 1024
 ORIGIN_CHARS: Final = 6
 _DIGITS: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
+_PAIRS: Final = tuple(a + b for a in _DIGITS for b in _DIGITS)
 _ORIGIN_RE: Final = re.compile(r"[a-z0-9]{1,16}")
 _SEQ_RE: Final = re.compile(r"0|[1-9a-z][0-9a-z]{0,12}")
 
@@ -42,13 +43,13 @@ def new_origin() -> str:
 
 def to_base36(number: int) -> str:
     """Format a non-negative integer in lowercase base 36."""
-    if number == 0:
-        return "0"
+    if number < 1296:
+        return _PAIRS[number].lstrip("0") or "0"
     out = []
     while number:
-        number, digit = divmod(number, 36)
-        out.append(_DIGITS[digit])
-    return "".join(reversed(out))
+        number, pair = divmod(number, 1296)  # two digits a step (every id is formatted)
+        out.append(_PAIRS[pair])
+    return "".join(reversed(out)).lstrip("0")
 
 
 def format_pair(origin: str, seq: int) -> str:

@@ -118,6 +118,13 @@ class Request:
         return self.chunked or bool(self.content_length)
 
 
+#: Heads seen lately, parsed: a publisher sends the same head over and over (only the body
+#: changes), and a parse cost ~5 µs of a ~100 µs publish. Small heads only, bounded.
+_PARSED: dict[bytes, tuple[str, str, dict[str, str], bool, int | None, bool, bool]] = {}
+_PARSED_MAX_ENTRIES: Final = 512
+_PARSED_MAX_HEAD: Final = 2048
+
+
 def parse_head(
     data: bytes, start: int, max_head_bytes: int, search_from: int | None = None
 ) -> Request | None:
@@ -144,6 +151,14 @@ def parse_head(
         return None
     if end + 4 - start > max_head_bytes:
         raise HeadersTooLarge(f"request head is larger than {max_head_bytes} bytes")
+    raw_head = data[start:end]
+    known = _PARSED.get(raw_head)
+    if known is not None:
+        method, target, headers, keep_alive, content_length, chunked, expects = known
+        return Request(
+            method, target, headers, keep_alive, content_length, chunked, expects,
+            data, start, end + 4,
+        )  # fmt: skip
     text = data[start : end + 2].decode("latin-1")
     head = _HEAD.fullmatch(text)
     if head is None:
@@ -197,6 +212,14 @@ def parse_head(
         connection = connection.lower()
         keep_alive = "keep-alive" in connection if http10 else "close" not in connection
     expect = headers.get("expect")
+    expects_continue = expect is not None and not http10 and expect.lower() == "100-continue"
+    if len(raw_head) <= _PARSED_MAX_HEAD:
+        if len(_PARSED) >= _PARSED_MAX_ENTRIES:
+            _PARSED.clear()
+        # Shared by every request with this head: the data plane never writes to headers.
+        _PARSED[raw_head] = (
+            head[1], head[2], headers, keep_alive, content_length, chunked, expects_continue
+        )  # fmt: skip
     return Request(
         method=head[1],
         target=head[2],
@@ -204,7 +227,7 @@ def parse_head(
         keep_alive=keep_alive,
         content_length=content_length,
         chunked=chunked,
-        expects_continue=expect is not None and not http10 and expect.lower() == "100-continue",
+        expects_continue=expects_continue,
         _buffer=data,
         _start=start,
         _end=end + 4,

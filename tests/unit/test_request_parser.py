@@ -314,3 +314,18 @@ def test_errors_name_the_problem():
         parse_head(b"GET\r\nHost: a\r\n\r\n", 0, MAX_HEAD)
     with pytest.raises(BadRequest, match="header field"):
         parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nX\r\n\r\n", 0, MAX_HEAD)
+
+
+def test_a_repeated_head_parses_the_same_from_the_cache():
+    head = VALID[2]
+    first = parse_head(head + b"x" * 60, 0, MAX_HEAD)
+    again = parse_head(b"junk" + head + b"y" * 60, 4, MAX_HEAD)
+    assert (again.method, again.target, again.headers) == (
+        first.method,
+        first.target,
+        first.headers,
+    )
+    assert (again.content_length, again.keep_alive) == (60, True)
+    assert again.after_head == b"y" * 60  # the request's own bytes, not the cached one's
+    again.keep_alive = False  # per request: the next one with this head is unaffected
+    assert parse_head(head, 0, MAX_HEAD).keep_alive
