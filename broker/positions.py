@@ -45,11 +45,21 @@ def to_base36(number: int) -> str:
     """Format a non-negative integer in lowercase base 36."""
     if number < 1296:
         return _PAIRS[number].lstrip("0") or "0"
-    out = []
-    while number:
-        number, pair = divmod(number, 1296)  # two digits a step (every id is formatted)
-        out.append(_PAIRS[pair])
-    return "".join(reversed(out)).lstrip("0")
+    high, low = divmod(number, 1296)
+    prefix = _last_prefix.get(high)
+    if prefix is None:  # every id is formatted, and seqs count up: the prefix repeats
+        out = []
+        rest = high
+        while rest:
+            rest, pair = divmod(rest, 1296)  # two digits a step
+            out.append(_PAIRS[pair])
+        prefix = "".join(reversed(out)).lstrip("0")
+        _last_prefix.clear()
+        _last_prefix[high] = prefix
+    return prefix + _PAIRS[low]
+
+
+_last_prefix: dict[int, str] = {}
 
 
 def format_pair(origin: str, seq: int) -> str:

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .errors import ClientError
 from .replay import StartAt, StartPlan
 
 
-@dataclass(frozen=True, slots=True)
-class PublishItem:
-    """One event to publish, already validated at the edge."""
+class PublishItem(NamedTuple):
+    """One event to publish, already validated at the edge.
+
+    A named tuple: a batch makes one per event, and a frozen dataclass's ``__init__`` cost
+    ~7 % of a batch publish (py-spy, load/ publish scenario).
+    """
 
     topic: str
     data: str

@@ -12,6 +12,7 @@ reserved for the broker's own notices.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
 
@@ -26,8 +27,9 @@ _TOPIC_RE: Final = re.compile(r"[A-Za-z0-9_.:~-]+(?:/[A-Za-z0-9_.:~-]+)*")
 _EVENT_TYPE_RE: Final = re.compile(r"[A-Za-z0-9_.:-]+")
 
 
+@functools.lru_cache(maxsize=4096)
 def check_topic(topic: str) -> str:
-    """Return ``topic`` if it is a valid topic name.
+    """Return ``topic`` if it is a valid topic name (valid names are memoized).
 
     Raises:
         BadTopic: with a message that says which rule it breaks.

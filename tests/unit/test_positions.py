@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from broker import positions
@@ -28,3 +30,19 @@ def test_unparsable_ids_raise(bad):
 
 def test_new_origins_differ():
     assert len({positions.new_origin() for _ in range(100)}) == 100
+
+
+def test_base36_matches_the_plain_digit_loop_counting_up_and_jumping():
+    def plain(number: int) -> str:
+        digits = ""
+        while True:
+            number, digit = divmod(number, 36)
+            digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+            if not number:
+                return digits
+
+    rng = random.Random(7)
+    numbers = [*range(5000), *range(1295 * 1296 - 50, 1296 * 1296 + 50)]
+    numbers += [rng.randrange(10**15) for _ in range(2000)] + [36**k for k in range(12)]
+    for number in numbers + numbers[::-1]:
+        assert positions.to_base36(number) == plain(number)
