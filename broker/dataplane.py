@@ -250,9 +250,7 @@ class DataPlane:
                     finally:
                         waiting.pop(idle, None)
                         connection.hold = 0.0
-            else:
-                return False
-        if after is _After.CLOSE or after is _After.NEXT:
+        if after is _After.CLOSE or after is _After.NEXT:  # closing, or the idle scope fired
             return False
         # A stream (or the rest of the connection, handed off) is served outside the
         # request loop: an idle subscriber holds no scope and no frame it does not need.
