@@ -40,23 +40,40 @@ def _frame(entry: str) -> str:
     return f"{name} ({where.rsplit('/', 1)[-1].split(':')[0]})" if where else name
 
 
-def summarize(raw: Path, top: int = 25) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
-    """Own and inclusive shares of the samples in a py-spy ``raw`` (collapsed stacks) file."""
+#: Where a sample's innermost frame is, by what its path contains (first match wins).
+KINDS = (
+    ("libc.so", "system calls (write, read, epoll_wait, epoll_ctl, ...)"),
+    ("(trio/", "trio: run loop, scheduling, I/O waits"),
+    ("(outcome/", "trio: run loop, scheduling, I/O waits"),
+    ("(broker/", "broker code (Python)"),
+    ("msgspec", "broker code (Python)"),
+    ("libpython", "the interpreter's C code (str, bytes, dict, re)"),
+)
+
+
+def summarize(
+    raw: Path, top: int = 25
+) -> tuple[list[tuple[float, str]], list[tuple[float, str]], list[tuple[float, str]]]:
+    """Own, inclusive and per-kind shares of the samples in a py-spy ``raw`` file."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    kinds: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
         total += n
-        frames = [_frame(f) for f in stack.split(";")]
+        entries = stack.split(";")
+        frames = [_frame(f) for f in entries]
         own[frames[-1]] += n
+        kinds[next((kind for key, kind in KINDS if key in entries[-1]), "other")] += n
         for name in set(frames):
             inclusive[name] += n
     share = 100.0 / max(total, 1)
     return (
         [(n * share, name) for name, n in own.most_common(top)],
         [(n * share, name) for name, n in inclusive.most_common(top)],
+        [(n * share, name) for name, n in kinds.most_common()],
     )
 
 
@@ -141,13 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         recorder.wait(timeout=args.seconds + 30)
         report = json.loads(load.stdout)
         n = max(report["accepted"], 1)
-        own, inclusive = summarize(raw)
+        own, inclusive, kinds = summarize(raw)
+        user_us = (cpu1[0] - cpu0[0]) / n * 1e6
+        system_us = (cpu1[1] - cpu0[1]) / n * 1e6
         lines = [
             f"# Publish profile: {args.k} connection(s), single events",
             "",
-            f"- {report['events_per_s']:,.0f} publishes/s; broker CPU per request: "
-            f"user {(cpu1[0] - cpu0[0]) / n * 1e6:.0f} µs, system {(cpu1[1] - cpu0[1]) / n * 1e6:.0f} µs",
+            f"- {report['events_per_s']:,.0f} publishes/s while profiled (native sampling slows "
+            "the broker several-fold: read the shares, not the rate); broker CPU per request: "
+            f"user {user_us:.0f} µs, system {system_us:.0f} µs",
             f"- py-spy record --native at 400 Hz; collapsed stacks in `{raw.name}`",
+            "",
+            "| share % | where the innermost frame is |",
+            "|---|---|",
+            *[f"| {share:.1f} | {kind} |" for share, kind in kinds],
             "",
             "| own % | function |",
             "|---|---|",
