@@ -1,43 +1,12 @@
 """HTTP/2: h2c with prior knowledge and TLS with ALPN, with a real h2 client (httpx + h2)."""
 
-import datetime
 import ssl
 
 import httpx
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.support.certificates import Certificates
 from tests.support.servers import open_broker_server
-
-
-def self_signed(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_file), str(key_file)
 
 
 async def subscribe_and_publish(client: httpx.AsyncClient, base: str) -> None:
@@ -69,11 +38,12 @@ async def test_h2c_prior_knowledge():
 
 
 async def test_tls_with_alpn_h2_and_http11(tmp_path):
-    cert, key = self_signed(tmp_path)
+    certificates = Certificates.create(tmp_path)
+    tls = {"cert_file": certificates.server_cert, "key_file": certificates.server_key}
     with trio.fail_after(15):
-        async with open_broker_server(tls={"cert_file": cert, "key_file": key}) as server:
+        async with open_broker_server(tls=tls) as server:
             base = f"https://localhost:{server.port}"
-            verify = ssl.create_default_context(cafile=cert)
+            verify = ssl.create_default_context(cafile=certificates.ca)
             async with httpx.AsyncClient(http2=True, verify=verify, timeout=10) as client:
                 await subscribe_and_publish(client, base)
             async with httpx.AsyncClient(verify=verify, timeout=10) as client:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis.certificates import Certificates
+from tests.support.certificates import Certificates
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")

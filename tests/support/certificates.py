@@ -1,4 +1,4 @@
-"""A throwaway CA with a server and a client certificate, for TLS to Redis in tests."""
+"""A throwaway CA with a server and a client certificate, for TLS tests (Redis, HTTPS)."""
 
 from __future__ import annotations
 
