@@ -62,7 +62,7 @@ _MAX_LENGTH_DIGITS: Final = 18
 
 
 class ConnectionDone(Exception):
-    """The client closed the connection, or it was idle too long, between requests."""
+    """The client closed the connection (between requests, or in the middle of one)."""
 
 
 class NotHttp1(Exception):
