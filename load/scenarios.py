@@ -346,57 +346,19 @@ def publish(ctx: Context, server: Server) -> Cases:
         pids = server.pids()
         total = 0
         for k in (16, 1):
-            cpu0 = cpu_seconds(pids)
-            p = ctx.pubload(
-                server,
-                "--path",
-                server.pub_path(topic),
-                "-k",
-                k,
-                "-m",
-                1e9,
-                "--duration",
-                st.publish_seconds,
-            ).finish(st.publish_seconds + 30)
-            cpu1 = cpu_seconds(pids)
+            p, case = _flat_out_publish(
+                ctx, server, pids, "server_cpu_us_per_request", "--path", server.pub_path(topic),
+                "-k", k,
+            )  # fmt: skip
             total += p["accepted"]
-            out[f"single, {k} conn"] = {
-                "events_per_s": p["events_per_s"],
-                "resp_p50_ms": p["resp_ms"]["p50"],
-                "resp_p99_ms": p["resp_ms"]["p99"],
-                "rejected": p["events_sent"] - p["accepted"],
-                "server_cpu_us_per_request": 1e6 * (cpu1 - cpu0) / p["accepted"]
-                if p["accepted"] and pids
-                else None,
-            }
+            out[f"single, {k} conn"] = case
         if server.batch_path:
-            cpu0 = cpu_seconds(pids)
-            p = ctx.pubload(
-                server,
-                "--path",
-                server.batch_path,
-                "--batch",
-                st.batch_size,
-                "--topic",
-                topic,
-                "-k",
-                4,
-                "-m",
-                1e9,
-                "--duration",
-                st.publish_seconds,
-            ).finish(st.publish_seconds + 30)
-            cpu1 = cpu_seconds(pids)
+            p, case = _flat_out_publish(
+                ctx, server, pids, "server_cpu_us_per_event", "--path", server.batch_path,
+                "--batch", st.batch_size, "--topic", topic, "-k", 4,
+            )  # fmt: skip
             total += p["accepted"]
-            out[f"batch {st.batch_size}, 4 conn"] = {
-                "events_per_s": p["events_per_s"],
-                "resp_p50_ms": p["resp_ms"]["p50"],
-                "resp_p99_ms": p["resp_ms"]["p99"],
-                "rejected": p["events_sent"] - p["accepted"],
-                "server_cpu_us_per_event": 1e6 * (cpu1 - cpu0) / p["accepted"]
-                if p["accepted"] and pids
-                else None,
-            }
+            out[f"batch {st.batch_size}, 4 conn"] = case
         time.sleep(0.5)
     finally:
         s = sub.stop()
@@ -407,6 +369,24 @@ def publish(ctx: Context, server: Server) -> Cases:
         "dropped": s["dropped"],
     }
     return out
+
+
+def _flat_out_publish(
+    ctx: Context, server: Server, pids: list[int], cpu_metric: str, *args: Any
+) -> tuple[Metrics, Metrics]:
+    """pubload as fast as it goes for publish_seconds; its report and the case's figures."""
+    seconds = ctx.settings.publish_seconds
+    cpu0 = cpu_seconds(pids)
+    p = ctx.pubload(server, *args, "-m", 1e9, "--duration", seconds).finish(seconds + 30)
+    cpu1 = cpu_seconds(pids)
+    accepted = p["accepted"]
+    return p, {
+        "events_per_s": p["events_per_s"],
+        "resp_p50_ms": p["resp_ms"]["p50"],
+        "resp_p99_ms": p["resp_ms"]["p99"],
+        "rejected": p["events_sent"] - accepted,
+        cpu_metric: 1e6 * (cpu1 - cpu0) / accepted if accepted and pids else None,
+    }
 
 
 def _find_drops(obj: Any) -> int | None:
