@@ -49,6 +49,9 @@ def create_app(
         metrics: the Prometheus registry served at ``/metrics``.
     """
     app = QuartTrio("broker", static_folder=None)
+    # A route's unexpected exception goes up to the guard around every ASGI call
+    # (controlplane.GuardedApp): it is counted there and answered with the JSON 500.
+    app.config["PROPAGATE_EXCEPTIONS"] = True
 
     @app.after_request
     async def revalidate_static(response: Response) -> Response:

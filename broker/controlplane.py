@@ -8,6 +8,12 @@ and a ``socket`` attribute, so :class:`PrefixedStream` replays the read bytes fi
 This uses hypercorn's internal ``TCPServer``, ``Lifespan`` and ``WorkerContext`` (pinned to
 hypercorn 0.18 in pyproject.toml and covered by tests/integration/test_handoff.py); the
 ASGI lifespan is run here the way ``hypercorn.trio.run.worker_serve`` does it.
+
+Fault isolation (guard.py): :class:`GuardedApp` runs every ASGI call (the app and the hot
+routes over ASGI) under the guard, so an exception in a route is counted
+(``where="handoff"``) and answered with a 500 JSON, or a WebSocket close 1011, if nothing
+was sent yet. A fault in hypercorn itself escapes to the data plane's guard, which closes
+the connection.
 """
 
 from __future__ import annotations
@@ -24,7 +30,59 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
+from .guard import INTERNAL_ERROR_BODY, Faults, guard
+
 log = logging.getLogger(__name__)
+
+
+class GuardedApp:
+    """ASGI middleware: each call runs under :func:`~.guard.guard` (see module docstring).
+
+    Args:
+        app: the ASGI application.
+        faults: the server's internal-error counters.
+    """
+
+    def __init__(self, app: Any, faults: Faults) -> None:
+        self.app = app
+        self.faults = faults
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client") or ("?", 0)
+        name = f"{scope['type']} {client[0]}:{client[1]} {scope.get('path', '')!r}"
+        started = False
+
+        async def watched_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] in ("http.response.start", "websocket.accept", "websocket.close"):
+                started = True
+            await send(message)
+
+        with guard(self.faults, "handoff", name) as fault:
+            await self.app(scope, receive, watched_send)
+        if not fault:
+            return
+        with trio.move_on_after(1.0, shield=True):
+            try:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1011})
+                elif not started:
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 500,
+                            "headers": [
+                                (b"content-type", b"application/json"),
+                                (b"cache-control", b"no-store"),
+                            ],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": INTERNAL_ERROR_BODY})
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
 
 class PrefixedStream(trio.abc.HalfCloseableStream):
@@ -66,6 +124,7 @@ class ControlPlane:
         keep_alive_timeout: seconds an idle kept-alive connection stays open.
         graceful_timeout: seconds requests get to finish at shutdown.
         ssl_context: for TLS connections (HTTP/2 by ALPN); ``None`` refuses TLS.
+        faults: the server's internal-error counters (guard.py).
     """
 
     def __init__(
@@ -75,15 +134,17 @@ class ControlPlane:
         keep_alive_timeout: float = 60.0,
         graceful_timeout: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.ssl_context = ssl_context
+        self.faults = faults or Faults()
         config = Config()
         config.keep_alive_timeout = keep_alive_timeout
         config.graceful_timeout = graceful_timeout
         config.accesslog = None
         config.errorlog = logging.getLogger("broker.hypercorn")
         self.config = config
-        self.app = ASGIWrapper(asgi_app)
+        self.app = ASGIWrapper(GuardedApp(asgi_app, self.faults))
         self.context = WorkerContext(None)
         self.state: dict[str, Any] = {}
         self.connections = 0

@@ -28,6 +28,7 @@ import trio
 
 from . import codecs
 from .errors import BadEventId, ClientError
+from .guard import INTERNAL_ERROR_BODY, Fault, guard
 from .hub import Hub, PublishItem, Unavailable
 from .limits import Overloaded, TooManyRequests
 from .policy import Policy
@@ -196,13 +197,23 @@ class DataPlane:
         )
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
-        """Serve one accepted connection until it closes; always closes it."""
+        """Serve one accepted connection until it closes; always closes it.
+
+        The connection runs under :func:`~.guard.guard`: an unexpected exception in any of
+        its phases (requests, an SSE or WebSocket stream, the hypercorn hand-off) is logged
+        and counted, answered with a 500 if no response started, and ends this connection
+        alone.
+        """
         peer = _peer_ip(stream.socket)
         admitted = self.policy.connections.open(peer)
         self.connections += 1
         handed_off = False
         try:
-            handed_off = await self._serve(stream, peer, admitted)
+            with guard(self.hub.faults, "http", f"http {_peer_name(stream.socket)}") as fault:
+                handed_off = await self._serve(stream, peer, admitted, fault)
+            if fault and not fault.answered:
+                with trio.move_on_after(1.0, shield=True):
+                    await _send_quietly(stream, INTERNAL_ERROR)
         finally:
             self.connections -= 1
             if admitted:
@@ -210,8 +221,14 @@ class DataPlane:
             if not handed_off:
                 await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.SocketStream, peer: str, admitted: bool) -> bool:
-        """Serve requests until one becomes a stream or a handoff; ``True`` if handed off."""
+    async def _serve(
+        self, stream: trio.SocketStream, peer: str, admitted: bool, fault: Fault
+    ) -> bool:
+        """Serve requests until one becomes a stream or a handoff; ``True`` if handed off.
+
+        ``fault`` (the connection's guard) is told which phase the connection is in and
+        whether the current exchange has started its response.
+        """
         limits = self.limits
         connection = HttpConnection(stream, max_head_bytes=limits.max_head_bytes)
         # One scope for the connection's requests, cancelled by sweep_idle or close_idle: a
@@ -227,6 +244,7 @@ class DataPlane:
                     return False
                 except NotHttp1 as other:
                     del waiting[idle]
+                    fault.where, fault.answered = "handoff", True
                     return await self._hand_over(stream, other)
                 except ClientError as error:
                     await _send_quietly(stream, error_response(error, keep_alive=False))
@@ -255,15 +273,19 @@ class DataPlane:
         # A stream (or the rest of the connection, handed off) is served outside the
         # request loop: an idle subscriber holds no scope and no frame it does not need.
         if after is _After.HANDOFF:
+            # What hypercorn wrote is unknown here: a fault escaping it only closes.
+            fault.where, fault.answered = "handoff", True
             await self.handoff(stream, request.raw)
             return True
         route = match(request.method, request.target, max_topics=limits.max_topics_per_subscription)
         assert route is not None  # matched in _serve_request
         cors = self.policy.cors.headers(request.headers.get("origin"))
         if route.kind == "sse":
-            await self._serve_sse(stream, connection, request, route, cors, peer)
+            fault.where = "sse"
+            await self._serve_sse(stream, connection, request, route, cors, peer, fault)
         else:
-            await self._serve_websocket(stream, request, route, cors, peer)
+            fault.where = "ws"
+            await self._serve_websocket(stream, request, route, cors, peer, fault)
         return False
 
     async def _serve_request(
@@ -391,6 +413,7 @@ class DataPlane:
         route: Route,
         cors: Headers,
         peer: str,
+        fault: Fault,
     ) -> None:
         try:
             identity = self.policy.admit_subscribe(route, request.headers)
@@ -420,6 +443,7 @@ class DataPlane:
                 identity=identity,
                 peer=peer,
                 on_close=partial(_log_closed, "ws", peer, opened),
+                fault=fault,
             )
         finally:
             self._stream_closed("ws")
@@ -440,6 +464,7 @@ class DataPlane:
         route: Route,
         cors: Headers,
         peer: str,
+        fault: Fault,
     ) -> None:
         connection.finish_bodyless(request)
         try:
@@ -487,6 +512,7 @@ class DataPlane:
                 # one write: a system call less per new stream.
                 subscriber.cork()
                 subscriber.send_control(head)
+                fault.answered = True
                 with self.hub.subscribe(
                     subscriber, route.topics, resume_from=resume_from, start_at=start
                 ):
@@ -637,11 +663,24 @@ async def _wait_until_closed(sock: trio.socket.SocketType) -> None:
             return
 
 
+#: What a connection whose handler failed gets, if no response started (guard.py).
+INTERNAL_ERROR: Final = response(500, INTERNAL_ERROR_BODY, keep_alive=False)
+
+
 async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
     try:
         await stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+
+
+def _peer_name(sock: trio.socket.SocketType) -> str:
+    """``host:port`` of the client: the connection's id in log lines."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
 
 
 def _peer_ip(sock: trio.socket.SocketType) -> str:

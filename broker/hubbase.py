@@ -16,6 +16,7 @@ import trio
 
 from . import positions
 from .events import Event
+from .guard import Faults
 from .history import TopicHistory
 from .store import Store
 from .subscriber import LatencyHistogram, Subscriber
@@ -91,6 +92,9 @@ class HubBase:
         self.evicted = 0
         #: The external store (Redis engine), or ``None``: the hub keeps events itself.
         self.store: Store | None = None
+        #: Internal errors contained per connection (guard.py): every part of the server
+        #: that serves connections reaches this node's counters through its hub.
+        self.faults = Faults()
         #: Coalescing (hub.py's flusher task): topics published since it last ran, and the
         #: subscribers whose direct writes wait for it.
         self._coalescing = False

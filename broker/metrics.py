@@ -83,6 +83,15 @@ class BrokerCollector(Collector):
         )
         yield _latency(hub.latency, stats.delivered)
 
+        errors = CounterMetricFamily(
+            "broker_internal_errors",
+            "Unexpected exceptions contained to one connection (guard.py), by where",
+            labels=["where"],
+        )
+        for where, count in hub.faults.counts.items():
+            errors.add_metric([where], count)
+        yield errors
+
         policy = dataplane.policy
         yield CounterMetricFamily(
             "broker_rate_limited", "Publishes refused by the rate limit", policy.rate.limited

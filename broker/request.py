@@ -14,7 +14,12 @@ Stricter than h11, on purpose (RFC 9112 allows each of these refusals):
 * obsolete line folding and control characters in field values are a 400;
 * ``Content-Length`` together with ``Transfer-Encoding``, or ``Transfer-Encoding`` in an
   HTTP/1.0 request, is a 400 (request smuggling); more than one ``Host`` is a 400;
-* any HTTP version other than 1.x is a 505.
+* any HTTP version other than 1.x is a 505;
+* a byte over 0x7e (obs-text) in a field whose grammar is ASCII only (``Host``, ``Origin``,
+  ``Connection``, ``Upgrade``, ``Content-Length``, ``Transfer-Encoding``, ``Expect``,
+  ``Authorization``, every ``Sec-WebSocket-*``) is a 400: these fields are read as ASCII
+  downstream (wsproto decoded ``Connection: Upgrade, a\xd0`` into a
+  ``UnicodeDecodeError`` that ended the process, issue 17). Other fields may carry obs-text.
 
 The bytes of the *next* request stay in the buffer, so a kept-alive connection can still
 be handed to hypercorn, everything already read included, when its next request is not hot.
@@ -59,6 +64,19 @@ _REQUEST_LINE_ONLY: Final = re.compile(_REQUEST_LINE + r"\r\n")
 _FIELD_LINE: Final = re.compile(_FIELD.encode("latin-1"))
 _CHUNK_HEAD: Final = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?")
 _MAX_LENGTH_DIGITS: Final = 18
+#: Fields whose grammar is ASCII only (tokens, URIs, base64): obs-text there is a 400.
+_ASCII_FIELDS: Final = frozenset(
+    {
+        "host",
+        "origin",
+        "connection",
+        "upgrade",
+        "content-length",
+        "transfer-encoding",
+        "expect",
+        "authorization",
+    }
+)
 
 
 class ConnectionDone(Exception):
@@ -173,6 +191,8 @@ def parse_head(
         name, _, value = field.partition(":")
         name = name.lower()
         value = value.strip(" \t")
+        if not value.isascii() and (name in _ASCII_FIELDS or name.startswith("sec-websocket-")):
+            raise BadRequest(f"malformed HTTP request: non-ASCII byte in {name}")
         if name in headers:
             if name == "host":
                 raise BadRequest("malformed HTTP request: more than one Host")

@@ -132,6 +132,7 @@ async def serve(
             keep_alive_timeout=settings.limits.idle_timeout_seconds,
             graceful_timeout=grace,
             ssl_context=server_ssl_context(tls.cert_file, tls.key_file) if tls.cert_file else None,
+            faults=hub.faults,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(control.run)
@@ -214,6 +215,7 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
         "connections": server.dataplane.connections,
         "streams": server.dataplane.streams,
         "handed_off_connections": server.control.connections,
+        "internal_errors": server.hub.faults.statistics(),
     }
     if server.cluster is not None:
         stats["cluster"] = server.cluster.statistics()

@@ -48,6 +48,7 @@ from . import websocket
 from .auth import ANONYMOUS, Forbidden, Identity
 from .commands import Command, error_payload, parse_command
 from .errors import BadRequest, ClientError
+from .guard import Fault, guard
 from .hub import Hub, PublishItem
 from .policy import Policy
 from .replay import StartAt
@@ -88,13 +89,21 @@ async def serve_websocket(
     identity: Identity = ANONYMOUS,
     peer: str = "?",
     on_close: Callable[[Subscriber], None] | None = None,
+    fault: Fault | None = None,
 ) -> None:
-    """Upgrade the connection and serve one WebSocket subscriber until it ends."""
+    """Upgrade the connection and serve one WebSocket subscriber until it ends.
+
+    An unexpected exception in the reader or a command is contained by :func:`~.guard.guard`
+    and closes this connection alone with 1011; ``fault`` (the connection's guard) learns
+    when the upgrade was answered, so a later fault is never answered with a 500.
+    """
     handshake = H11Handshake(ConnectionType.SERVER)
     try:
         handshake.receive_data(raw_request)
         upgrade = next((e for e in handshake.events() if isinstance(e, Request)), None)
-    except RemoteProtocolError as exc:
+    except (RemoteProtocolError, UnicodeError) as exc:
+        # UnicodeError: wsproto decodes Host as IDNA (``Host: xn--zz`` fails) and other
+        # upgrade fields as ASCII (issue 17: once a crash of the process).
         upgrade = None
         log.info("bad WebSocket handshake: %s", exc)
     if upgrade is None:
@@ -115,6 +124,8 @@ async def serve_websocket(
         subprotocol, binary = websocket.SUBPROTOCOL_JSON, False
     if not await _send_quietly(stream, handshake.send(AcceptConnection(subprotocol=subprotocol))):
         return
+    if fault is not None:
+        fault.answered = True  # from here on a fault closes with 1011, never a 500
     # wsproto's server handshake drops bytes that came with the upgrade request; keep them.
     connection = Connection(ConnectionType.SERVER, trailing_data=after_head)
     sock = stream.socket
@@ -143,10 +154,9 @@ async def serve_websocket(
             nursery,
         )
         with hub.subscribe(subscriber, route.topics, resume_from=resume_from, start_at=start_at):
-            try:
+            with guard(hub.faults, "ws", str(subscriber)) as failed:
                 await session.read_loop(sock)
-            except Exception:
-                log.exception("%s: internal error", subscriber)
+            if failed:
                 subscriber.close(websocket.close_frame(websocket.CLOSE_INTERNAL_ERROR))
             try:
                 if subscriber.closing:
@@ -227,12 +237,11 @@ class _Session:
     async def _command_task(self, messages: trio.MemoryReceiveChannel[bytes | str]) -> None:
         """Run a store engine's commands one at a time, in arrival order."""
         async for message in messages:
-            try:
+            with guard(self.hub.faults, "ws", str(self.subscriber)) as failed:
                 publishing = self._command(message)
                 if publishing is not None:
                     await self._publish_stored(*publishing)
-            except Exception:
-                log.exception("%s: internal error", self.subscriber)
+            if failed:
                 self.subscriber.close(websocket.close_frame(websocket.CLOSE_INTERNAL_ERROR))
                 return
 

@@ -6,6 +6,10 @@ dialed, and one ticker that sends heartbeats (each carrying this node's vector, 
 also the anti-entropy digest), marks silent peers down and gives up stale gaps. Leaving
 ``open_cluster`` says goodbye to every peer and ends all of them.
 
+Fault isolation: each link's task runs under :func:`~broker.guard.guard`; an unexpected
+exception (in the handshake, a frame handler, the writer) is logged and counted
+(``where="peer"``) and closes that link alone; the node dials again with backoff.
+
 One link per peer: if two nodes dial each other at once, both keep the link dialed by the
 node with the smaller id, so both sides close the same duplicate.
 """
@@ -21,6 +25,7 @@ from typing import Any
 import trio
 
 from ..events import Event
+from ..guard import guard
 from ..hub import Hub
 from . import frames
 from .link import Hello, LinkBroken, LinkClosed, PeerLink, handshake
@@ -124,7 +129,7 @@ class Cluster:
     # -- links ----------------------------------------------------------------------------
 
     async def _serve_inbound(self, stream: trio.SocketStream) -> None:
-        await self._run_link(stream, dialed=False, addr="inbound")
+        await self._guarded_link(stream, dialed=False, addr="inbound")
 
     async def _dial(self, addr: str) -> None:
         host, _, port = addr.rpartition(":")
@@ -135,7 +140,18 @@ class Cluster:
             log.debug("%s: cannot reach %s: %s", self, addr, exc)
             self.membership.dial_failed(addr, trio.current_time())
             return
-        await self._run_link(stream, dialed=True, addr=addr)
+        await self._guarded_link(stream, dialed=True, addr=addr)
+
+    async def _guarded_link(self, stream: trio.SocketStream, *, dialed: bool, addr: str) -> None:
+        """:meth:`_run_link` under the guard: a fault closes this link alone."""
+        with guard(
+            self.hub.faults, "peer", f"{self} link {'to' if dialed else 'from'} {addr}"
+        ) as fault:
+            await self._run_link(stream, dialed=dialed, addr=addr)
+        if fault:
+            await trio.aclose_forcefully(stream)
+            if dialed and addr in self.membership.dialing:
+                self.membership.dial_failed(addr, trio.current_time())
 
     async def _run_link(self, stream: trio.SocketStream, *, dialed: bool, addr: str) -> None:
         options = self.options

@@ -20,6 +20,11 @@ would also have to be re-issued whenever the set of tracked topics changes, and 
 Cluster one command cannot name keys of different slots (a connection per topic);
 channels are added and removed on one connection without interrupting it, and
 ``SSUBSCRIBE`` keeps each topic's messages on its shard.
+
+Fault isolation: a message's handling and each round of the reader run under
+:func:`~broker.guard.guard` (``where="redis"``). An unexpected exception there (an entry
+no broker wrote, say) is logged and counted; that message is dropped (its topic is read
+instead) or that round is given up, and the reader goes on with the next one.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 
 import trio
 
+from ..guard import guard
 from . import cache as caching
 from . import entries, ids
 from .base import EngineBase
@@ -43,8 +49,14 @@ class Following(EngineBase):
     """The live read of every tracked topic."""
 
     def _on_message(self, message: Mapping[str, Any]) -> None:
-        """A topic's notification (see module docstring). Never blocks."""
+        """A topic's notification (see module docstring). Never blocks, never raises."""
         self.messages += 1
+        with guard(self.hub.faults, "redis", f"{self} message") as fault:
+            self._follow_message(message)
+        if fault:
+            self._ring(self._topic_of(str(message.get("channel", ""))))
+
+    def _follow_message(self, message: Mapping[str, Any]) -> None:
         topic = self._topic_of(message["channel"])
         cache = self.caches.get(topic)
         if cache is None:
@@ -87,12 +99,13 @@ class Following(EngineBase):
             dirty, self._dirty = self._dirty, set()
             reload, self._meta_dirty = self._meta_dirty, set()
             topics = [t for t in dirty if (c := self.caches.get(t)) is not None and c.ready]
-            try:
-                await self._reload_meta([t for t in reload if t in self.caches])
-                if topics:
-                    await self._read(topics)
-            except FAILURES as exc:
-                self._failed(exc)
+            with guard(self.hub.faults, "redis", f"{self} reader"):
+                try:
+                    await self._reload_meta([t for t in reload if t in self.caches])
+                    if topics:
+                        await self._read(topics)
+                except FAILURES as exc:
+                    self._failed(exc)
 
     async def _reload_meta(self, topics: Sequence[str]) -> None:
         for topic in topics:

@@ -89,6 +89,11 @@ STRICTER = [
     (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
     (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
     (b"GET / HTTP/0.9\r\nHost: a\r\n\r\n", 505),
+    # obs-text in an ASCII-only field (issue 17: wsproto raised UnicodeDecodeError on it)
+    (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, a\xd0\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\xff\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nOrigin: http://\x80\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Protocol: a\xe9\r\n\r\n", 400),
 ]
 
 
