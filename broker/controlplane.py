@@ -13,7 +13,9 @@ Fault isolation (guard.py): :class:`GuardedApp` runs every ASGI call (the app an
 routes over ASGI) under the guard, so an exception in a route is counted
 (``where="handoff"``) and answered with a 500 JSON, or a WebSocket close 1011, if nothing
 was sent yet. A fault in hypercorn itself escapes to the data plane's guard, which closes
-the connection.
+the connection; a ``UnicodeError`` there is bad input (a non-ASCII byte in a WebSocket
+field of a kept-alive connection's later request): the connection is closed and logged,
+not counted.
 """
 
 from __future__ import annotations
@@ -193,7 +195,15 @@ class ControlPlane:
                 ConnectionState(self.state.copy()),
                 stream,  # type: ignore[arg-type]
             )
-            await server.run()
+            try:
+                await server.run()
+            except* UnicodeError as group:
+                # hypercorn reads the WebSocket fields of a later request on this connection
+                # as ASCII (the data plane refuses obs-text in the first request's head):
+                # bad input, not a fault. hypercorn has closed the connection already.
+                log.info(
+                    "handed-off connection closed: bad byte in a header: %s", group.exceptions[0]
+                )
         finally:
             self.connections -= 1
 
