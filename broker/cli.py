@@ -13,7 +13,7 @@ from functools import partial
 import trio
 
 from .config import Settings, load_settings
-from .errors import ConfigError
+from .core.errors import ConfigError
 from .server import RunningServer, serve
 from .supervisor import cluster_secret, supervise
 
@@ -167,7 +167,7 @@ def _store_name(settings: Settings) -> str:
     """The Redis URL with its password hidden, for the supervisor's start line."""
     if settings.cluster.engine != "redis":
         return ""
-    from .redis_engine.address import parse_redis_url  # sans-IO; checked by load_settings
+    from .engines.redis.address import parse_redis_url  # sans-IO; checked by load_settings
 
     return parse_redis_url(settings.cluster.redis_url).redacted()
 

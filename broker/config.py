@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 
 def _range(low: float | None = None, high: float | None = None) -> dict[str, Any]:
@@ -322,7 +322,7 @@ def load_settings(
 
 
 def _check_redis(source: str, settings: Settings) -> None:
-    from .redis_engine.address import parse_redis_url  # sans-IO; no Redis client import
+    from .engines.redis.address import parse_redis_url  # sans-IO; no Redis client import
 
     cluster = settings.cluster
     if not cluster.enabled:

@@ -6,7 +6,7 @@ dialed, and one ticker that sends heartbeats (each carrying this node's vector, 
 also the anti-entropy digest), marks silent peers down and gives up stale gaps. Leaving
 ``open_cluster`` says goodbye to every peer and ends all of them.
 
-Fault isolation: each link's task runs under :func:`~broker.guard.guard`; an unexpected
+Fault isolation: each link's task runs under :func:`~broker.core.guard.guard`; an unexpected
 exception (in the handshake, a frame handler, the writer) is logged and counted
 (``where="peer"``) and closes that link alone; the node dials again with backoff.
 
@@ -24,9 +24,9 @@ from typing import Any
 
 import trio
 
-from ..events import Event
-from ..guard import guard
+from ..core.guard import guard
 from ..hub import Hub
+from ..hub.events import Event
 from . import frames
 from .link import Hello, LinkBroken, LinkClosed, PeerLink, handshake
 from .membership import Membership

@@ -17,9 +17,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-import broker.app
-import broker.dataplane
-import broker.wsconnection
+import broker.control.app
+import broker.edge.dataplane
+import broker.edge.wsconnection
 from tests.support.faults import (
     bystander_keeps_receiving,
     fail_once,
@@ -37,7 +37,7 @@ async def test_publish_handler_fault_is_a_500_for_that_request_only(monkeypatch)
             watcher = await open_watcher(server)
             raised = fail_once(
                 monkeypatch,
-                broker.dataplane,
+                broker.edge.dataplane,
                 "publish",
                 lambda hub, policy, route, *_: route.topics == ("boom",),
             )
@@ -57,7 +57,7 @@ async def test_sse_fault_before_the_head_is_a_500_after_it_a_closed_stream(monke
     with trio.fail_after(10):
         async with open_broker_server() as server:
             watcher = await open_watcher(server)
-            fail_once(monkeypatch, broker.dataplane, "stream_options")
+            fail_once(monkeypatch, broker.edge.dataplane, "stream_options")
             early = await open_sse(server.url, "/topics/x/events")
             assert early.status == 500
             assert json.loads(early.buffer) == {"error": "internal error", "code": "internal_error"}
@@ -65,7 +65,7 @@ async def test_sse_fault_before_the_head_is_a_500_after_it_a_closed_stream(monke
             assert await internal_errors(server) == only("sse")
 
             # After the head: the stream is answered, so the fault closes it (no 500 inside).
-            fail_once(monkeypatch, broker.dataplane, "_wait_until_closed")
+            fail_once(monkeypatch, broker.edge.dataplane, "_wait_until_closed")
             late = await open_sse(server.url, "/topics/x/events")
             assert late.status == 200
             assert (await late.next_event()).event == "broker.start"
@@ -87,7 +87,7 @@ async def test_websocket_fault_closes_that_socket_with_1011(monkeypatch):
             url = server.url.replace("http://", "ws://") + "/ws"
             async with open_websocket_url(url) as bystander_ws:
                 assert json.loads(await bystander_ws.get_message())["event"] == "broker.start"
-                fail_once(monkeypatch, broker.wsconnection, "parse_command")
+                fail_once(monkeypatch, broker.edge.wsconnection, "parse_command")
                 async with open_websocket_url(url) as ws:
                     await ws.send_message(json.dumps({"op": "subscribe", "topics": ["a"]}))
                     with pytest.raises(ConnectionClosed) as closed:
@@ -107,7 +107,7 @@ async def test_handoff_route_fault_is_a_json_500(monkeypatch):
     with trio.fail_after(10):
         async with open_broker_server() as server:
             watcher = await open_watcher(server)
-            fail_once(monkeypatch, broker.app, "asdict")  # used by GET /stats (hypercorn)
+            fail_once(monkeypatch, broker.control.app, "asdict")  # used by GET /stats (hypercorn)
             async with httpx.AsyncClient(base_url=server.url) as client:
                 answer = await client.get("/stats")
                 assert answer.status_code == 500

@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 import trio
 
-from broker.redis_engine import entries
+from broker.engines.redis import entries
 from tests.redis.scenarios import start_redis_node
 from tests.support.faults import fail_once, internal_errors, only, open_watcher
 

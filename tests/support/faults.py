@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.guard import WHERES
+from broker.core.guard import WHERES
 from broker.server import RunningServer
 from tests.support.sse_client import SseStream, open_sse
 

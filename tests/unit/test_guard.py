@@ -7,7 +7,7 @@ import logging
 import pytest
 import trio
 
-from broker.guard import WHERES, Faults, guard
+from broker.core.guard import WHERES, Faults, guard
 
 
 def test_an_exception_is_contained_counted_and_logged_with_the_connection(caplog):
