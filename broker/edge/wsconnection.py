@@ -50,7 +50,7 @@ from ..hub import Hub, PublishItem
 from ..hub.replay import StartAt
 from ..hub.subscriber import SocketSink, Subscriber
 from ..wire import websocket
-from ..wire.commands import Command, error_payload, parse_command
+from ..wire.commands import Command, command_ref, error_payload, parse_command
 from .auth import ANONYMOUS, Forbidden, Identity
 from .policy import Policy
 from .routes import Route
@@ -299,7 +299,7 @@ class _Session:
         ref: Any = None
         try:
             value = self.codec.decode(message)
-            ref = value.get("ref") if isinstance(value, dict) else None
+            ref = command_ref(value)
             command = parse_command(value, max_topics=self.max_topics)
             answer = self._run(command)
         except ClientError as error:

@@ -2,16 +2,43 @@
 
 Each may carry a ``ref`` that is echoed in the ``broker.ack`` or ``broker.command_error``
 answer. A malformed command is answered, never punished by closing the socket.
+
+A ``ref`` is echoed only if it is a plain scalar that both codecs can write back: null, a
+boolean, a 64-bit integer, a finite number, or a string of at most :data:`MAX_REF_CHARS`.
+Any other ``ref`` (bytes from msgpack, a list, a huge integer) makes the command a
+``bad_request`` answered with ``"ref": null``: a msgpack ``ref`` of bytes once made the
+JSON answer raise ``TypeError`` (found by tests/fuzz, issue 17).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from ..core.errors import BadRequest, ClientError
 from ..core.topics import check_event_type, check_topic
 from .codecs import value_to_data
+
+#: The longest string ``ref`` echoed back.
+MAX_REF_CHARS: Final = 256
+
+
+def _plain(ref: Any) -> bool:
+    if ref is None or isinstance(ref, bool):
+        return True
+    if isinstance(ref, int):
+        return -(2**63) <= ref < 2**64
+    if isinstance(ref, float):
+        return math.isfinite(ref)
+    return isinstance(ref, str) and len(ref) <= MAX_REF_CHARS
+
+
+def command_ref(value: Any) -> Any:
+    """The ``ref`` to echo in the answer to the decoded message ``value`` (see module
+    docstring): the client's own when it is plain, else ``None``."""
+    ref = value.get("ref") if isinstance(value, dict) else None
+    return ref if _plain(ref) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +63,10 @@ def parse_command(value: Any, *, max_topics: int) -> Command:
         raise BadRequest('a command is an object {"op": ...}')
     op = value.get("op")
     ref = value.get("ref")
+    if not _plain(ref):
+        raise BadRequest(
+            f"'ref' must be null, a boolean, a number or a string of at most {MAX_REF_CHARS}"
+        )
     if op in ("subscribe", "unsubscribe"):
         topics = value.get("topics")
         if (

@@ -1,0 +1,39 @@
+"""One real broker process per fuzz module (its ``BROKER_ENV`` settings), and the summary
+line with the number of cases each target ran."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fuzz.harness import CASES_RUN, EXAMPLES, Bystander
+from tests.support.servers import BrokerProcess
+
+
+@pytest.fixture(scope="module")
+def fuzz_broker(request: pytest.FixtureRequest) -> Iterator[BrokerProcess]:
+    env = {
+        "BROKER_LOG_LEVEL": "warning",
+        "BROKER_LIMITS_IDLE_TIMEOUT_SECONDS": "2",
+        **getattr(request.module, "BROKER_ENV", {}),
+    }
+    with BrokerProcess(env=env, args=["--config", "/dev/null"]) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="module")
+def bystander(request: pytest.FixtureRequest, fuzz_broker: BrokerProcess) -> Iterator[Bystander]:
+    watcher = Bystander(fuzz_broker, getattr(request.module, "BYSTANDER_HEADERS", ""))
+    try:
+        yield watcher
+    finally:
+        watcher.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if CASES_RUN:
+        runs = ", ".join(f"{name}={count}" for name, count in sorted(CASES_RUN.items()))
+        terminalreporter.write_line(
+            f"fuzz cases run (BROKER_FUZZ_EXAMPLES={EXAMPLES} per target): {runs}"
+        )
