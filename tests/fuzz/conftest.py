@@ -18,8 +18,15 @@ def fuzz_broker(request: pytest.FixtureRequest) -> Iterator[BrokerProcess]:
         "BROKER_LIMITS_IDLE_TIMEOUT_SECONDS": "2",
         **getattr(request.module, "BROKER_ENV", {}),
     }
-    with BrokerProcess(env=env, args=["--config", "/dev/null"]) as broker:
+    # The broker refuses unknown BROKER_* variables: BROKER_FUZZ_EXAMPLES is the suite's own.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("BROKER_FUZZ_EXAMPLES", raising=False)
+        broker = BrokerProcess(env=env, args=["--config", "/dev/null"])
+        broker.start()
+    try:
         yield broker
+    finally:
+        broker.__exit__(None, None, None)  # kills it if still running
 
 
 @pytest.fixture(scope="module")

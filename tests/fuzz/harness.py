@@ -266,7 +266,7 @@ class Target:
         if self.cases == 20:
             self.rss_start = rss(self.broker)
 
-    def finish(self) -> None:
+    def finish(self, token: str | None = None) -> None:
         """The end-of-target properties (module docstring); prints the number of cases."""
         CASES_RUN[self.name] = CASES_RUN.get(self.name, 0) + self.cases
         seen = ", ".join(f"{k}: {v}" for k, v in self.outcomes.most_common())
@@ -276,7 +276,7 @@ class Target:
         errors = re.findall(r"^broker_internal_errors_total\{[^}]*\} (\S+)$", self.metrics(), re.M)
         assert errors, "no broker_internal_errors_total on /metrics"
         assert all(float(v) == 0 for v in errors), self.broker_errors()
-        self.bystander.assert_receives(self, f"after {self.name}")
+        self.bystander.assert_receives(self, f"after {self.name}", token)
         if self.rss_start:
             grown = rss(self.broker) - self.rss_start
             assert grown < RSS_BOUND_BYTES, f"RSS grew by {grown / 2**20:.1f} MiB"
