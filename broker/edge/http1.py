@@ -164,7 +164,10 @@ def parse_head(
     if end < 0:
         if len(data) - start > max_head_bytes:
             raise HeadersTooLarge(f"request head is larger than {max_head_bytes} bytes")
-        if data.count(b"\n", start) != data.count(b"\r\n", start):
+        crlf = data.count(b"\r\n", start)
+        # A bare LF, or a bare CR (a last CR may be half of a CRLF still on its way): the
+        # head can never end well, so it is refused now rather than at the idle timeout.
+        if data.count(b"\n", start) != crlf or data.count(b"\r", start, len(data) - 1) != crlf:
             raise BadRequest("malformed HTTP request: lines must end with CRLF")
         return None
     if end + 4 - start > max_head_bytes:

@@ -334,3 +334,12 @@ def test_a_repeated_head_parses_the_same_from_the_cache():
     assert again.after_head == b"y" * 60  # the request's own bytes, not the cached one's
     again.keep_alive = False  # per request: the next one with this head is unaffected
     assert parse_head(head, 0, MAX_HEAD).keep_alive
+
+
+def test_an_incomplete_head_with_a_bare_cr_is_refused_at_once():
+    """Found by tests/fuzz: a head with CR-only line ends waited for the idle timeout."""
+    with pytest.raises(BadRequest, match="CRLF"):
+        parse_head(b"GET / HTTP/1.1\rHost: x\r\r", 0, MAX_HEAD)
+    # a CR at the very end may be the first half of a CRLF: wait for more
+    assert parse_head(b"GET / HTTP/1.1\r\nHost: x\r", 0, MAX_HEAD) is None
+    assert parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r", 0, MAX_HEAD) is None
