@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench cluster clean
+.PHONY: run test test-fast lint bench cluster clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP) browser-deps
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+# The fuzz suite (tests/fuzz) runs in `make test` with 250 cases per target; this is the
+# long run: FUZZ_EXAMPLES cases per target (about 10 ms each), the count of each printed.
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP)
+	BROKER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -s tests/fuzz
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

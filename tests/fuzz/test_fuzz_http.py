@@ -166,7 +166,7 @@ msgpack_values = st.recursive(
     | st.binary(max_size=20),
     lambda children: (
         st.lists(children, max_size=4)
-        | st.dictionaries(st.text(max_size=8) | st.integers(), children, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | st.integers(-(2**63), 2**63), children, max_size=4)
     ),
     max_leaves=12,
 )
