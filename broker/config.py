@@ -214,7 +214,7 @@ def _coerce(where: str, value: Any, default: Any, meta: Mapping[str, Any]) -> An
 def _build(document: Mapping[str, Any], source: str) -> Settings:
     tables: dict[str, Any] = {}
     for table_field in fields(Settings):
-        table_cls = type(table_field.default)
+        table_cls: Any = type(table_field.default)  # each table field defaults to an instance
         raw = document.get(table_field.name, {})
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{source}: [{table_field.name}] must be a table")

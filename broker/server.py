@@ -123,7 +123,8 @@ async def serve(
             metrics=make_registry(lambda: running),
         )
         catchup = settings.cluster.catchup_seconds if clustered else 0.0
-        app.asgi_app = HotRoutes(  # type: ignore[method-assign]
+        # Quart types asgi_app as its own method; HotRoutes is an ASGI callable in its place.
+        app.asgi_app = HotRoutes(  # type: ignore[method-assign,assignment]
             app.asgi_app, hub, limits, policy, catchup_seconds=catchup
         )
         tls = settings.tls

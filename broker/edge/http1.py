@@ -168,7 +168,7 @@ def parse_head(
     if head[3] != "1":
         raise VersionNotSupported(f"HTTP/{head[3]}.{head[4]} is not supported")
     http10 = head[4] == "0"
-    headers: dict[str, str] = {}
+    headers = {}
     for field in head[5].split("\r\n")[:-1]:
         name, _, value = field.partition(":")
         name = name.lower()

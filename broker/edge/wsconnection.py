@@ -179,6 +179,7 @@ class _Session:
         self.connection = connection
         self.options = options
         self.max_topics = max_topics
+        # The subscriber was built with a WsCodec just above; Subscriber types it as any Codec.
         self.codec: websocket.WsCodec = subscriber.codec  # type: ignore[assignment]
         self._parts: list[bytes | str] = []
         self._size = 0
@@ -273,11 +274,14 @@ class _Session:
                 log.info("%s: message over %d bytes", subscriber, self.options.max_message_bytes)
                 subscriber.close(websocket.close_frame(websocket.CLOSE_TOO_BIG, "message too big"))
                 return False
-            self._parts.append(event.data)
+            data = event.data
+            self._parts.append(bytes(data) if isinstance(data, bytearray) else data)
             if event.message_finished:
                 parts, self._parts, self._size = self._parts, [], 0
                 message: bytes | str = (
-                    "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
+                    "".join(p for p in parts if isinstance(p, str))
+                    if isinstance(event, TextMessage)
+                    else b"".join(p for p in parts if not isinstance(p, str))
                 )
                 if self.hub.synchronous:
                     self._command(message)  # nothing awaits: answered right here

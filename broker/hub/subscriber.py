@@ -75,9 +75,14 @@ class Sink(Protocol):
 class Codec(Protocol):
     """Turns events and notices into one transport's frames."""
 
-    heartbeat: bytes
-    goodbye: bytes
-    ended: bytes
+    @property
+    def heartbeat(self) -> bytes: ...
+
+    @property
+    def goodbye(self) -> bytes: ...
+
+    @property
+    def ended(self) -> bytes: ...
 
     def frame(self, event: Event) -> bytes: ...
 
