@@ -94,7 +94,7 @@ class FrameDecoder:
             frames.append(frame)
         return frames
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes | bytearray) -> None:
         """Buffer received bytes without decoding them (see :meth:`next_frame`)."""
         self._buffer += data
 
