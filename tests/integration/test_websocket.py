@@ -10,6 +10,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.support.servers import open_broker_server
 from tests.support.sse_client import open_sse
+from tests.support.waiting import wait_for
 
 
 def ws_url(server, path):
@@ -18,12 +19,6 @@ def ws_url(server, path):
 
 async def next_json(ws):
     return json.loads(await ws.get_message())
-
-
-async def wait_for(predicate, timeout=10):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def test_same_events_and_ids_as_sse():
