@@ -9,7 +9,7 @@ import trio
 from broker.cluster import frames
 from broker.cluster.link import Hello, LinkBroken, handshake
 from broker.config import load_settings
-from broker.errors import ConfigError
+from broker.core.errors import ConfigError
 from tests.support.cluster_certificates import ClusterCa
 from tests.support.peers import peer_endpoint
 from tests.support.servers import start_node, wait_linked
