@@ -97,11 +97,13 @@ def run_main(argv: list[str]) -> int:
             matched, _ = exc.split(OSError)
             if matched is None:
                 raise
-            exc = _first_leaf(matched)
-        if isinstance(exc, ConfigError):
-            print(f"broker: {exc}", file=sys.stderr)
+            leaf: BaseException = _first_leaf(matched)
+        else:
+            leaf = exc
+        if isinstance(leaf, ConfigError):
+            print(f"broker: {leaf}", file=sys.stderr)
             return 2
-        print(f"broker: cannot serve: {exc}", file=sys.stderr)
+        print(f"broker: cannot serve: {leaf}", file=sys.stderr)
         return 1
     return 0
 
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return _cli.pub_main(rest) if command == "pub" else _cli.sub_main(rest)
+        code: int = _cli.pub_main(rest) if command == "pub" else _cli.sub_main(rest)
+        return code
     print(f"broker: unknown command {command!r}; use one of {commands}", file=sys.stderr)
     return 2

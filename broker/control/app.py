@@ -111,7 +111,7 @@ def create_app(
             event_type = check_event_type(kind) if kind is not None else ...
         except ClientError as error:
             return _json({"error": error.message, "code": error.code}, error.status)
-        cleared = hub.clear_retained(topic, event_type)  # type: ignore[arg-type]
+        cleared = hub.clear_retained(topic, event_type)
         return _json({"topic": topic, "cleared": cleared})
 
     @app.delete("/topics/<path:topic>")

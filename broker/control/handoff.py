@@ -193,7 +193,7 @@ class ControlPlane:
                 self.config,
                 self.context,
                 ConnectionState(self.state.copy()),
-                stream,  # type: ignore[arg-type]
+                stream,  # type: ignore[arg-type]  # a replaying stream, duck-typed as a SocketStream
             )
             try:
                 await server.run()

@@ -189,7 +189,7 @@ def parse_head(
     if head[3] != "1":
         raise VersionNotSupported(f"HTTP/{head[3]}.{head[4]} is not supported")
     http10 = head[4] == "0"
-    headers: dict[str, str] = {}
+    headers = {}
     for field in head[5].split("\r\n")[:-1]:
         name, _, value = field.partition(":")
         name = name.lower()
@@ -278,8 +278,6 @@ class HttpConnection:
         self._pos = 0
         self._fresh = True
         self._burst = 0
-        #: Seconds to wait before reading the next request (a rate-limited client).
-        self.hold = 0.0
 
     def _append(self, chunk: bytes) -> None:
         if self._pos >= len(self._data):

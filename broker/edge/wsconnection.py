@@ -6,7 +6,9 @@ server sends on the socket, pongs and acks included, goes through the connection
 :class:`~broker.hub.subscriber.Subscriber`, so a control frame never lands inside a partly
 written event frame.
 
-The connection task is the reader. It answers pings, runs commands, and watches the peer:
+The stream opens like every other (``session.open_stream``: admit, prepare, subscribe);
+:class:`WebSocketTransport` is what is particular to WebSocket: the upgrade, and the
+connection task, which is the reader. It answers pings, runs commands, and watches the peer:
 after ``ping_interval`` seconds without a byte from the client it sends a ping, and a
 client that then stays silent for ``ping_timeout`` seconds is dropped. Any exit (client
 gone, close frame, eviction, shutdown, error) leaves the ``with hub.subscribe`` scope and
@@ -25,8 +27,6 @@ the reader goes on answering pings and close frames meanwhile. At most
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -45,15 +45,16 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from ..core.errors import BadRequest, ClientError
-from ..core.guard import Fault, guard
-from ..hub import Hub, PublishItem
-from ..hub.replay import StartAt
-from ..hub.subscriber import SocketSink, Subscriber
+from ..core.guard import guard
+from ..hub import Hub, PublishItem, Unavailable
+from ..hub.subscriber import Codec, Sink, SocketSink, Subscriber
 from ..wire import websocket
 from ..wire.commands import Command, command_ref, error_payload, parse_command
-from .auth import ANONYMOUS, Forbidden, Identity
+from .auth import Forbidden, Identity
+from .http1 import error_response
 from .policy import Policy
 from .routes import Route
+from .session import Streams
 
 log = logging.getLogger(__name__)
 
@@ -71,100 +72,117 @@ class WsOptions:
     allow_publish: bool = False
 
 
-async def serve_websocket(
-    stream: trio.SocketStream,
-    raw_request: bytes,
-    after_head: bytes,
-    route: Route,
-    *,
-    hub: Hub,
-    options: WsOptions,
-    queue_events: int,
-    queue_bytes: int,
-    send_timeout: float,
-    max_topics: int,
-    resume_from: str | None,
-    start_at: StartAt | None = None,
-    policy: Policy | None = None,
-    identity: Identity = ANONYMOUS,
-    peer: str = "?",
-    on_close: Callable[[Subscriber], None] | None = None,
-    fault: Fault | None = None,
-) -> None:
-    """Upgrade the connection and serve one WebSocket subscriber until it ends.
+class WebSocketTransport:
+    """A WebSocket subscriber on the data plane (a :class:`~.session.StreamTransport`).
 
-    An unexpected exception in the reader or a command is contained by :func:`guard`
-    and closes this connection alone with 1011; ``fault`` (the connection's guard) learns
-    when the upgrade was answered, so a later fault is never answered with a 500.
+    Refusals before the upgrade are HTTP answers; once the handshake is done the connection
+    task is :meth:`serve`, the reader (see the module docstring).
     """
-    handshake = H11Handshake(ConnectionType.SERVER)
-    try:
-        handshake.receive_data(raw_request)
-        upgrade = next((e for e in handshake.events() if isinstance(e, Request)), None)
-    except (RemoteProtocolError, UnicodeError) as exc:
-        # UnicodeError: wsproto decodes Host as IDNA (``Host: xn--zz`` fails) and other
-        # upgrade fields as ASCII (issue 17: once a crash of the process).
-        upgrade = None
-        log.info("bad WebSocket handshake: %s", exc)
-    if upgrade is None:
-        error = BadRequest("not a valid WebSocket upgrade request")
-        body = error.body()
-        await _send_quietly(
-            stream,
-            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body,
-        )
-        return
-    binary = route.param("format") == "msgpack"
-    subprotocol = None
-    if websocket.SUBPROTOCOL_MSGPACK in upgrade.subprotocols:
-        subprotocol, binary = websocket.SUBPROTOCOL_MSGPACK, True
-    elif websocket.SUBPROTOCOL_JSON in upgrade.subprotocols:
-        subprotocol, binary = websocket.SUBPROTOCOL_JSON, False
-    if not await _send_quietly(stream, handshake.send(AcceptConnection(subprotocol=subprotocol))):
-        return
-    if fault is not None:
-        fault.answered = True  # from here on a fault closes with 1011, never a 500
-    # wsproto's server handshake drops bytes that came with the upgrade request; keep them.
-    connection = Connection(ConnectionType.SERVER, trailing_data=after_head)
-    sock = stream.socket
-    async with trio.open_nursery() as nursery:
-        subscriber = Subscriber(
-            sink=SocketSink(sock),
-            codec=websocket.WsCodec(binary=binary),
-            nursery=nursery,
-            cancel_scope=nursery.cancel_scope,
-            position="",
-            max_events=queue_events,
-            max_bytes=queue_bytes,
-            send_timeout=send_timeout,
-            name=f"ws {_peer(sock)}",
-            latency=hub.latency,
-        )
+
+    __slots__ = (
+        "_binary",
+        "after_head",
+        "answered",
+        "cors",
+        "options",
+        "peer",
+        "raw_request",
+        "route",
+        "stream",
+        "streams",
+    )
+    kind = "ws"
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        raw_request: bytes,
+        after_head: bytes,
+        route: Route,
+        cors: list[tuple[str, str]],
+        *,
+        streams: Streams,
+        options: WsOptions,
+        peer: str = "?",
+    ) -> None:
+        self.stream = stream
+        self.raw_request = raw_request
+        self.after_head = after_head
+        self.route = route
+        self.cors = cors
+        self.streams = streams
+        self.options = options
+        self.peer = peer
+        self._binary = route.param("format") == "msgpack"
+        #: A response (an HTTP refusal or the 101) started: a fault then closes with 1011
+        #: (or just closes), never with a 500.
+        self.answered = False
+
+    async def refuse(self, error: ClientError) -> None:
+        self.answered = True
+        await _send_quietly(self.stream, error_response(error, keep_alive=False, headers=self.cors))
+
+    async def degrade(self, error: Unavailable, resume_from: str | None) -> None:
+        await self.refuse(error)  # 503 + Retry-After: the client library retries
+
+    async def over(self) -> bool:
+        return False  # the replay ends the stream with broker.end, like a live final event
+
+    async def accept(self) -> bytes | None:
+        handshake = H11Handshake(ConnectionType.SERVER)
+        try:
+            handshake.receive_data(self.raw_request)
+            upgrade = next((e for e in handshake.events() if isinstance(e, Request)), None)
+        except (RemoteProtocolError, UnicodeError) as exc:
+            # UnicodeError: wsproto decodes Host as IDNA (``Host: xn--zz`` fails) and other
+            # upgrade fields as ASCII (issue 17: once a crash of the process).
+            upgrade = None
+            log.info("%s: bad WebSocket handshake: %s", self.peer, exc)
+        if upgrade is None:
+            await self.refuse(BadRequest("not a valid WebSocket upgrade request"))
+            return None
+        subprotocol = None
+        if websocket.SUBPROTOCOL_MSGPACK in upgrade.subprotocols:
+            subprotocol, self._binary = websocket.SUBPROTOCOL_MSGPACK, True
+        elif websocket.SUBPROTOCOL_JSON in upgrade.subprotocols:
+            subprotocol, self._binary = websocket.SUBPROTOCOL_JSON, False
+        accepted = handshake.send(AcceptConnection(subprotocol=subprotocol))
+        self.answered = True
+        if not await _send_quietly(self.stream, accepted):
+            return None
+        return b""
+
+    def sink(self) -> Sink:
+        return SocketSink(self.stream.socket)
+
+    def codec(self) -> Codec:
+        return websocket.WsCodec(binary=self._binary)
+
+    async def serve(
+        self, subscriber: Subscriber, nursery: trio.Nursery, identity: Identity
+    ) -> None:
+        # wsproto's server handshake drops bytes that came with the upgrade request; keep them.
+        connection = Connection(ConnectionType.SERVER, trailing_data=self.after_head)
         session = _Session(
-            hub,
+            self.streams.hub,
             subscriber,
             connection,
-            options,
-            max_topics,
-            policy or Policy(),
+            self.options,
+            self.streams.limits.max_topics_per_subscription,
+            self.streams.policy,
             identity,
-            peer,
+            self.peer,
             nursery,
         )
-        with hub.subscribe(subscriber, route.topics, resume_from=resume_from, start_at=start_at):
-            with guard(hub.faults, "ws", str(subscriber)) as failed:
-                await session.read_loop(sock)
-            if failed:
-                subscriber.close(websocket.close_frame(websocket.CLOSE_INTERNAL_ERROR))
-            try:
-                if subscriber.closing:
-                    await trio.sleep_forever()  # the writer ends us once the close is out
-                subscriber.end("gone")
-            finally:
-                if on_close is not None:
-                    on_close(subscriber)
+        with guard(self.streams.hub.faults, "ws", str(subscriber)) as failed:
+            await session.read_loop(self.stream.socket)
+        if failed:
+            subscriber.close(websocket.close_frame(websocket.CLOSE_INTERNAL_ERROR))
+        if subscriber.closing:
+            await trio.sleep_forever()  # the writer ends us once the close is out
+
+    async def finish(self, subscriber: Subscriber) -> None:
+        pass
 
 
 class _Session:
@@ -189,6 +207,7 @@ class _Session:
         self.connection = connection
         self.options = options
         self.max_topics = max_topics
+        # The subscriber was built with a WsCodec just above; Subscriber types it as any Codec.
         self.codec: websocket.WsCodec = subscriber.codec  # type: ignore[assignment]
         self._parts: list[bytes | str] = []
         self._size = 0
@@ -282,11 +301,14 @@ class _Session:
                 log.info("%s: message over %d bytes", subscriber, self.options.max_message_bytes)
                 subscriber.close(websocket.close_frame(websocket.CLOSE_TOO_BIG, "message too big"))
                 return False
-            self._parts.append(event.data)
+            data = event.data
+            self._parts.append(bytes(data) if isinstance(data, bytearray) else data)
             if event.message_finished:
                 parts, self._parts, self._size = self._parts, [], 0
                 message: bytes | str = (
-                    "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
+                    "".join(p for p in parts if isinstance(p, str))
+                    if isinstance(event, TextMessage)
+                    else b"".join(p for p in parts if not isinstance(p, str))
                 )
                 if self.hub.synchronous:
                     self._command(message)  # nothing awaits: answered right here
@@ -340,7 +362,7 @@ class _Session:
             identity = self.identity
             self.policy.rate.take(
                 f"sub:{identity.subject}" if identity.subject else f"ip:{self.peer}",
-                time.monotonic(),
+                trio.current_time(),  # the clock the HTTP publishes' limiter reads too
             )
             if not hub.synchronous:  # the store keeps it: the command task awaits it
                 return PublishItem(
@@ -362,11 +384,3 @@ async def _send_quietly(stream: trio.SocketStream, data: bytes) -> bool:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False
     return True
-
-
-def _peer(sock: trio.socket.SocketType) -> str:
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"

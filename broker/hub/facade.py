@@ -149,6 +149,7 @@ async def open_hub(
         heartbeat_seconds: how often silent subscribers get a heartbeat.
         **hub_options: passed to :class:`Hub`.
     """
+    # **hub_options are Hub's keyword arguments, typed there; mypy cannot follow **kwargs: Any.
     hub = Hub(heartbeat_seconds=heartbeat_seconds, **hub_options)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_heartbeat_task, hub, heartbeat_seconds)

@@ -8,6 +8,7 @@ and drops what the hub holds of a topic.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import EllipsisType
 
 from .events import Event
 from .history import TopicHistory
@@ -55,8 +56,8 @@ class Retention(HubBase):
                 subscriber.offer_notice(notice, event_id)
                 self.remove_topics(subscriber, [state.name])
 
-    def clear_retained(self, topic: str, event_type: str | None = ...) -> int:  # type: ignore[assignment]
-        """Forget a topic's retained events (one type, or all); return how many."""
+    def clear_retained(self, topic: str, event_type: str | EllipsisType | None = ...) -> int:
+        """Forget a topic's retained events (one type, ``None`` for untyped, ``...`` all)."""
         state = self._topics.get(topic)
         if state is None:
             return 0

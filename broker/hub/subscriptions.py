@@ -122,6 +122,7 @@ class Subscriptions(HubBase):
         states = [self._topics.get(t) for t in topics]
         if any(s is None for s in states):
             return False
+        # None was ruled out just above; mypy does not narrow a list through any().
         return has_everything(self._vector, states, resume_from)  # type: ignore[arg-type]
 
     def add_topics(self, subscriber: Subscriber, topics: Iterable[str]) -> None:

@@ -103,8 +103,8 @@ class SseCodec:
 
 
 def _sse_of(event: Any) -> bytes:
-    return event.sse  # type: ignore[no-any-return]
+    return event.sse  # type: ignore[no-any-return]  # an hub.events.Event: wire sits below hub
 
 
 def _sse_envelope_of(event: Any) -> bytes:
-    return event.sse_envelope()  # type: ignore[no-any-return]
+    return event.sse_envelope()  # type: ignore[no-any-return]  # as above

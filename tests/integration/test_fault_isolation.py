@@ -19,6 +19,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 import broker.control.app
 import broker.edge.dataplane
+import broker.edge.session
 import broker.edge.wsconnection
 from tests.support.faults import (
     bystander_keeps_receiving,
@@ -57,7 +58,7 @@ async def test_sse_fault_before_the_head_is_a_500_after_it_a_closed_stream(monke
     with trio.fail_after(10):
         async with open_broker_server() as server:
             watcher = await open_watcher(server)
-            fail_once(monkeypatch, broker.edge.dataplane, "stream_options")
+            fail_once(monkeypatch, broker.edge.session, "stream_options")
             early = await open_sse(server.url, "/topics/x/events")
             assert early.status == 500
             assert json.loads(early.buffer) == {"error": "internal error", "code": "internal_error"}

@@ -331,10 +331,10 @@ def _retained(states: Mapping[str, TopicState], topics: Sequence[str]) -> list[E
 
 
 def _merge(lists: Sequence[Sequence[Event]]) -> list[Event]:
-    lists = [list(events) for events in lists if events]
-    if len(lists) == 1:
-        return lists[0]
-    return sorted((e for events in lists for e in events), key=lambda e: (e.seq, e.topic))
+    nonempty = [list(events) for events in lists if events]
+    if len(nonempty) == 1:
+        return nonempty[0]
+    return sorted((e for events in nonempty for e in events), key=lambda e: (e.seq, e.topic))
 
 
 def _restamp(events: list[Event], start: Mapping[str, int], topic_count: int) -> list[Event]:

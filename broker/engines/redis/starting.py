@@ -141,8 +141,8 @@ class Starting(EngineBase):
                 self._ring(topic)  # what was stored while the tail was being read
         except BaseException:
             for topic in topics:
-                cache = self.caches.get(topic)
-                if cache is not None and not cache.ready:
+                leftover = self.caches.get(topic)
+                if leftover is not None and not leftover.ready:
                     del self.caches[topic]
             raise
         finally:
