@@ -27,7 +27,7 @@ test: $(STAMP) browser-deps
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
-# The fuzz suite (tests/fuzz) runs in `make test` with 250 cases per target; this is the
+# The fuzz suite (tests/fuzz) runs in `make test` with 400 cases per target; this is the
 # long run: FUZZ_EXAMPLES cases per target (about 10 ms each), the count of each printed.
 FUZZ_EXAMPLES ?= 5000
 fuzz: $(STAMP)

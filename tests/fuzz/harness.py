@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, settings
 from tests.support.servers import BrokerProcess
 
 #: Cases per target in the normal run (the suite stays within ~45 s on a busy 2-core box).
-DEFAULT_EXAMPLES: Final = 250
+DEFAULT_EXAMPLES: Final = 400
 EXAMPLES: Final = int(os.environ.get("BROKER_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
 
 #: How much the broker's RSS may grow over one target's cases (after a warm-up).
