@@ -50,7 +50,7 @@ def create_app(
     """
     app = QuartTrio("broker", static_folder=None)
     # A route's unexpected exception goes up to the guard around every ASGI call
-    # (controlplane.GuardedApp): it is counted there and answered with the JSON 500.
+    # (handoff.GuardedApp): it is counted there and answered with the JSON 500.
     app.config["PROPAGATE_EXCEPTIONS"] = True
 
     @app.after_request
