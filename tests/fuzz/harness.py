@@ -270,7 +270,11 @@ class Target:
         """The end-of-target properties (module docstring); prints the number of cases."""
         CASES_RUN[self.name] = CASES_RUN.get(self.name, 0) + self.cases
         seen = ", ".join(f"{k}: {v}" for k, v in self.outcomes.most_common())
-        print(f"\nfuzz target {self.name}: {self.cases} cases ({seen})")
+        grown = rss(self.broker) - self.rss_start if self.rss_start else 0
+        print(
+            f"\nfuzz target {self.name}: {self.cases} cases ({seen}); "
+            f"broker RSS {rss(self.broker) / 2**20:.1f} MiB, {grown / 2**20:+.1f} MiB since case 20"
+        )
         assert self.broker.proc is not None
         assert self.broker.proc.poll() is None
         errors = re.findall(r"^broker_internal_errors_total\{[^}]*\} (\S+)$", self.metrics(), re.M)
@@ -278,7 +282,6 @@ class Target:
         assert all(float(v) == 0 for v in errors), self.broker_errors()
         self.bystander.assert_receives(self, f"after {self.name}", token)
         if self.rss_start:
-            grown = rss(self.broker) - self.rss_start
             assert grown < RSS_BOUND_BYTES, f"RSS grew by {grown / 2**20:.1f} MiB"
         self.control.close()
 
