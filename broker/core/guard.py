@@ -67,13 +67,14 @@ class Fault:
 
     Attributes:
         where: one of :data:`WHERES`.
-        name: the connection's name for the log line (``ws 10.0.0.7:51234``, ``peer n2``).
+        name: the connection's name for the log line (``ws 10.0.0.7:51234``, ``peer n2``);
+            any object, formatted with ``str`` only when a fault is logged.
         answered: a response started on this connection.
         error: the exception (or group) contained, ``None`` if the block ended normally.
     """
 
     where: str
-    name: str
+    name: object
     answered: bool = False
     error: BaseException | None = None
 
@@ -82,7 +83,7 @@ class Fault:
 
 
 @contextmanager
-def guard(faults: Faults, where: str, name: str) -> Iterator[Fault]:
+def guard(faults: Faults, where: str, name: object) -> Iterator[Fault]:
     """Contain an unexpected exception of one connection's task (see module docstring).
 
     Use as ``with guard(hub.faults, "ws", name) as fault: ...``, then, after the block,
@@ -91,7 +92,7 @@ def guard(faults: Faults, where: str, name: str) -> Iterator[Fault]:
     Args:
         faults: the server's counters.
         where: one of :data:`WHERES` (the block may change ``fault.where`` later).
-        name: the connection's name for the log line.
+        name: the connection's name for the log line (``str`` is called only then).
 
     Raises:
         BaseException: anything that is not an ``Exception`` (``trio.Cancelled``,
@@ -109,7 +110,7 @@ def guard(faults: Faults, where: str, name: str) -> Iterator[Fault]:
         faults.counts[fault.where] = faults.counts.get(fault.where, 0) + 1
         log.error(
             "%s: internal error (%s), this connection alone is closed: %r",
-            fault.name,
+            str(fault.name),  # now: a lazy name may not be readable once the record is
             fault.where,
             error,
             exc_info=error,

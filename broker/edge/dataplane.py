@@ -172,7 +172,7 @@ class DataPlane:
         self.connections += 1
         handed_off = False
         try:
-            with guard(self.hub.faults, "http", f"http {_peer_name(stream.socket)}") as fault:
+            with guard(self.hub.faults, "http", _ConnectionName(stream.socket)) as fault:
                 handed_off = await self._serve(stream, peer, admitted, fault)
             if fault and not fault.answered:
                 with trio.move_on_after(1.0, shield=True):
@@ -506,13 +506,20 @@ async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
         pass
 
 
-def _peer_name(sock: trio.socket.SocketType) -> str:
-    """``host:port`` of the client: the connection's id in log lines."""
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"
+class _ConnectionName:
+    """``http host:port``: a connection's id in the guard's log line, made only for it."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+
+    def __str__(self) -> str:
+        try:
+            host, port = self.sock.getpeername()[:2]
+        except OSError:
+            return "http ?"
+        return f"http {host}:{port}"
 
 
 def _peer_ip(sock: trio.socket.SocketType) -> str:

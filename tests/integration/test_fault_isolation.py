@@ -11,6 +11,7 @@ Without broker/guard.py each of these faults ended the whole process.
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -22,6 +23,7 @@ import broker.edge.dataplane
 import broker.edge.session
 import broker.edge.wsconnection
 from tests.support.faults import (
+    Injected,
     bystander_keeps_receiving,
     fail_once,
     internal_errors,
@@ -32,7 +34,7 @@ from tests.support.servers import open_broker_server, start_node, wait_linked
 from tests.support.sse_client import open_sse
 
 
-async def test_publish_handler_fault_is_a_500_for_that_request_only(monkeypatch):
+async def test_publish_handler_fault_is_a_500_for_that_request_only(monkeypatch, caplog):
     with trio.fail_after(10):
         async with open_broker_server() as server:
             watcher = await open_watcher(server)
@@ -50,6 +52,11 @@ async def test_publish_handler_fault_is_a_500_for_that_request_only(monkeypatch)
             assert answer.headers["connection"] == "close"
             assert await internal_errors(server) == only("http")
             assert server.hub.statistics().published == 0
+            # one log line: the connection's id, where, and the traceback
+            [line] = [r for r in caplog.records if r.name == "broker.core.guard"]
+            assert re.match(r"http 127\.0\.0\.1:\d+: internal error \(http\)", line.getMessage())
+            assert line.exc_info is not None
+            assert line.exc_info[0] is Injected
             await bystander_keeps_receiving(server, watcher, 1)
             await watcher.aclose()
 
