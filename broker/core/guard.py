@@ -110,7 +110,7 @@ def guard(faults: Faults, where: str, name: object) -> Iterator[Fault]:
         faults.counts[fault.where] = faults.counts.get(fault.where, 0) + 1
         log.error(
             "%s: internal error (%s), this connection alone is closed: %r",
-            str(fault.name),  # now: a lazy name may not be readable once the record is
+            str(fault.name),  # now: a handler may format the record after the socket closed
             fault.where,
             error,
             exc_info=error,
