@@ -88,10 +88,11 @@ class Exchange:
     closed: bool = False
 
 
-def parse_answers(data: bytes) -> tuple[list[Answer], bool]:
+def parse_answers(data: bytes, *, head: bool = False) -> tuple[list[Answer], bool]:
     """HTTP/1.1 answers in ``data``; ``True`` when the last one is complete.
 
-    A streaming answer (101, an event stream) is complete once its head is in.
+    A streaming answer (101, an event stream), or any answer to a ``HEAD`` request
+    (``head``), is complete once its head is in.
     """
     answers: list[Answer] = []
     at = 0
@@ -109,8 +110,10 @@ def parse_answers(data: bytes) -> tuple[list[Answer], bool]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         at = end + 4
-        streaming = status in (101, 204, 304) or "text/event-stream" in headers.get(
-            "content-type", ""
+        streaming = (
+            head
+            or status in (101, 204, 304)
+            or "text/event-stream" in headers.get("content-type", "")
         )
         if streaming:
             answers.append(Answer(status, headers, data[at:]))
@@ -213,7 +216,7 @@ class Target:
                     got.closed = True
                     break
                 received += chunk
-                _, complete = parse_answers(received)
+                _, complete = parse_answers(received, head=data.startswith(b"HEAD "))
                 deadline = time.monotonic() + ANSWER_WAIT_SECONDS
             if complete and hold is not None:
                 received += hold(sock)
@@ -237,7 +240,7 @@ class Target:
                         break
                     received += chunk
         got.raw = received
-        got.answers, _ = parse_answers(received)
+        got.answers, _ = parse_answers(received, head=data.startswith(b"HEAD "))
         return got
 
     def check(self, got: Exchange, acknowledged: int | None = None, case: object = None) -> None:
