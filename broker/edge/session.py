@@ -301,14 +301,14 @@ async def publish(
     if route.kind == "batch":
         items = codecs.decode_batch(content_type, body)
         policy.admit_publish(route, headers, peer, [i.topic for i in items], now)
-        if hub.store is None:  # the in-memory/mesh engine: publish now, no checkpoint
+        if hub.synchronous:  # the memory/mesh engine: publish now, no checkpoint
             return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
         return {"ids": await hub.publish(items)}
     policy.admit_publish(route, headers, peer, [route.topics[0]], now)
     event_type = check_event_type(route.param("event"))
     data, is_json = codecs.decode_body(content_type, body)
     retain, final = route.flag("retain"), route.flag("final")
-    if hub.store is None:
+    if hub.synchronous:
         event = hub.publish_nowait(
             route.topics[0], data, event_type=event_type, is_json=is_json, retain=retain,
             final=final,
