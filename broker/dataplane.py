@@ -27,7 +27,7 @@ from typing import Final
 import trio
 
 from . import codecs
-from .errors import BadEventId, ClientError
+from .errors import BadEventId, ClientError, UnsupportedMediaType
 from .hub import Hub, PublishItem, Unavailable
 from .limits import Overloaded, TooManyRequests
 from .policy import Policy
@@ -522,15 +522,21 @@ def publish(
             ``Unavailable`` (503) from the coroutine when the store is unreachable.
     """
     content_type = headers.get("content-type")
-    if route.kind == "batch":
-        items = codecs.decode_batch(content_type, body)
-        policy.admit_publish(route, headers, peer, [i.topic for i in items], time.monotonic())
-        if hub.store is None:  # the in-memory/mesh engine: publish now, no checkpoint
-            return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
-        return _publish_stored(hub, items, batch=True)
-    policy.admit_publish(route, headers, peer, [route.topics[0]], time.monotonic())
-    event_type = check_event_type(route.param("event"))
-    data, is_json = codecs.decode_body(content_type, body)
+    try:
+        kind = codecs.media_type(content_type)  # cached: one dict lookup on the hot path
+        if route.kind == "batch":
+            items = codecs.decode_batch(content_type, body)
+            policy.admit_publish(route, headers, peer, [i.topic for i in items], time.monotonic())
+            if hub.store is None:  # the in-memory/mesh engine: publish now, no checkpoint
+                return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
+            return _publish_stored(hub, items, batch=True)
+        policy.admit_publish(route, headers, peer, [route.topics[0]], time.monotonic())
+        if kind == codecs.FORM:
+            return _publish_form(hub, route, codecs.decode_form(body))
+        event_type = check_event_type(route.param("event"))
+        data, is_json = codecs.decode_body(content_type, body)
+    except UnsupportedMediaType as error:
+        raise UnsupportedMediaType(f"{error.message}; {curl_example(route, headers)}") from None
     if hub.store is None:
         event = hub.publish_nowait(
             route.topics[0],
@@ -545,6 +551,45 @@ def publish(
     return _publish_stored(
         hub, [item], batch=False, retain=route.flag("retain"), final=route.flag("final")
     )
+
+
+def _publish_form(
+    hub: Hub, route: Route, form: codecs.PublishForm
+) -> Answer | Coroutine[None, None, Answer]:
+    """A form publish: its fields take the place of the query parameters they name."""
+    event_type = check_event_type(form.event if form.event is not None else route.param("event"))
+    retain = route.flag("retain") if form.retain is None else form.retain
+    final = route.flag("final") if form.final is None else form.final
+    if hub.store is None:
+        event = hub.publish_nowait(
+            route.topics[0], form.data, event_type=event_type, retain=retain, final=final
+        )
+        return {"id": event.id, "topic": event.topic}
+    item = PublishItem(route.topics[0], form.data, event_type, False)
+    return _publish_stored(hub, [item], batch=False, retain=retain, final=final)
+
+
+_HOST: Final = re.compile(
+    r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
+)
+
+
+def curl_example(route: Route, headers: Mapping[str, str]) -> str:
+    """A curl line that publishes to this broker, for a 415's message.
+
+    The host is the request's own ``Host`` when it looks like one (behind a proxy, the
+    address the client used), else the default address; the topic is the request's.
+    """
+    host = headers.get("host", "")
+    if not _HOST.fullmatch(host):
+        host = "127.0.0.1:8080"
+    scheme = "https" if headers.get("x-forwarded-proto", "").lower() == "https" else "http"
+    if route.kind == "batch":
+        return (
+            "for example: curl -H 'Content-Type: application/json' "
+            f"""-d '{{"events": [{{"topic": "jobs/1", "data": "hello"}}]}}' {scheme}://{host}/publish"""
+        )
+    return f"for example: curl -d data=hello {scheme}://{host}/topics/{route.topics[0]}"
 
 
 async def _publish_stored(
