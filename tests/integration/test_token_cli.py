@@ -6,6 +6,7 @@ import sys
 
 import httpx
 import jwt
+import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -123,17 +124,48 @@ async def test_public_key_tokens_are_signed_with_the_private_key(tmp_path):
             assert answer.status_code == 202
 
 
-async def test_without_a_key_it_says_how_to_set_one():
+def test_without_a_key_it_says_how_to_set_one(capsys, monkeypatch):
+    """The command's own function, in-process: exit codes and what it prints."""
+    from broker.cli import main
+
+    monkeypatch.chdir(ROOT / "tests")  # no config.toml here
+    monkeypatch.delenv("BROKER_AUTH_SECRET", raising=False)
+    assert main(["token", "--publish", "**"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "BROKER_AUTH_SECRET" in err
+    monkeypatch.setenv("BROKER_AUTH_SECRET", SECRET)
+    with pytest.raises(SystemExit) as bad_ttl:
+        main(["token", "--ttl", "soon"])
+    assert bad_ttl.value.code == 2
+    assert "not a duration" in capsys.readouterr().err
+    assert main(["token", "--subscribe", "a"]) == 0
+    out, err = capsys.readouterr()
+    claims = jwt.decode(out.strip(), SECRET, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == 3600
+    assert claims["subscribe"] == ["a"]
+    assert main(["token"]) == 0
+    assert "allows nothing" in capsys.readouterr().err
+
+
+async def test_the_python_client_sends_its_token_on_every_transport():
+    from broker_client import BrokerClient, ClientError, Event
+
+    minted = await broker_token(
+        "--publish", "jobs/**", "--subscribe", "jobs/**", env={"BROKER_AUTH_SECRET": SECRET}
+    )
+    token = minted.stdout.decode().strip()
     with trio.fail_after(20):
-        off = await broker_token("--publish", "**")
-        assert off.returncode == 2
-        assert off.stdout == b""
-        assert b"BROKER_AUTH_SECRET" in off.stderr
-        bad_ttl = await broker_token("--ttl", "soon", env={"BROKER_AUTH_SECRET": SECRET})
-        assert bad_ttl.returncode == 2
-        assert b"not a duration" in bad_ttl.stderr
-        from_env = await broker_token("--subscribe", "a", env={"BROKER_AUTH_SECRET": SECRET})
-        assert from_env.returncode == 0
-        claims = jwt.decode(from_env.stdout.strip(), SECRET, algorithms=["HS256"])
-        assert claims["exp"] - claims["iat"] == 3600
-        assert claims["subscribe"] == ["a"]
+        async with open_broker_server(auth={"secret": SECRET, "anonymous_subscribe": ()}) as server:
+            async with BrokerClient(server.url) as anonymous:
+                with pytest.raises(ClientError) as refused:
+                    await anonymous.publish("jobs/1", "x")
+                assert refused.value.status == 401
+            async with BrokerClient(server.url, token=token) as client:
+                for transport in ("sse", "ws"):
+                    async with client.subscribe("jobs/1", transport=transport) as events:
+                        sent = await client.publish("jobs/1", f"over {transport}")
+                        async for item in events:
+                            if isinstance(item, Event):
+                                assert (item.id, item.data) == (sent, f"over {transport}")
+                                break
