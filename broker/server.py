@@ -241,6 +241,10 @@ async def _maybe_cluster(hub: Hub, settings: Settings) -> AsyncIterator[Cluster 
         max_frame_bytes=config.max_frame_bytes,
         queue_frames=config.queue_frames,
         backoff_max_seconds=config.backoff_max_seconds,
+        handshake_timeout=config.handshake_timeout_seconds,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        tls_ca=config.tls_ca,
     )
     async with open_cluster(hub, options) as cluster:
         log.info("cluster: node %s, peer link on %s", options.node_id, cluster.addr)
