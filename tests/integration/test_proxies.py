@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -270,7 +271,7 @@ def test_systemd_unit_verifies_with_graceful_stop_and_fd_limit(tmp_path: Path) -
     if verify is None:
         pytest.skip("systemd-analyze is not installed")
     # The unit as documented, with ExecStart pointing at this checkout's broker.
-    broker = Path(shutil.which("broker") or ROOT / ".venv" / "bin" / "broker")
+    broker = Path(sys.prefix) / "bin" / "broker"  # the virtualenv running the tests
     if not broker.exists():
         pytest.skip("no broker command installed to point ExecStart at")
     unit = tmp_path / "broker.service"
