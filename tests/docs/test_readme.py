@@ -16,13 +16,12 @@ import pytest
 from tests.docs.runner import Block, Session, blocks, check_document, link_problems
 from tests.support.servers import ROOT
 
-pytestmark = pytest.mark.slow
-
 
 def documents() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
+@pytest.mark.slow  # two broker processes and some twenty commands: about 10 s
 def test_readme_shell_blocks_run_and_print_what_it_says(docs_tree, tmp_path):
     tree, ports, env = docs_tree
     readme = blocks((tree / "README.md").read_text())
