@@ -18,7 +18,17 @@ from tests.support.servers import ROOT
 
 
 def documents() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    others = [
+        "clients/js/README.md",
+        "clients/python/README.md",
+        "examples/README.md",
+        "load/README.md",
+    ]
+    return [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+        *(ROOT / name for name in others),
+    ]
 
 
 @pytest.mark.slow  # two broker processes and some twenty commands: about 10 s
