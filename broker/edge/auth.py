@@ -180,3 +180,57 @@ def bearer_token(
         if values and values[-1]:
             return values[-1]
     return None
+
+
+#: How long a minted token is valid unless told otherwise (``broker token --ttl``).
+DEFAULT_TOKEN_TTL_SECONDS: Final = 3600
+
+
+def mint_token(
+    *,
+    algorithm: str,
+    key: str,
+    now: float,
+    ttl_seconds: float = DEFAULT_TOKEN_TTL_SECONDS,
+    subject: str = "",
+    publish: Iterable[str] = (),
+    subscribe: Iterable[str] = (),
+    admin: bool = False,
+    audience: str = "",
+    issuer: str = "",
+) -> str:
+    """A signed token carrying exactly the claims :class:`Authenticator` reads.
+
+    Args:
+        algorithm: HS256, RS256 or ES256.
+        key: the HS256 secret, or the PEM *private* key for RS256/ES256.
+        now: the issue time (seconds since the epoch: a JWT's clock is wall time).
+        ttl_seconds: ``exp`` is ``now`` plus this.
+        subject, publish, subscribe: the ``sub``, ``publish`` and ``subscribe`` claims.
+        admin: adds ``"admin": true`` (topic administration).
+        audience, issuer: the ``aud`` and ``iss`` claims, when the broker checks them.
+
+    Raises:
+        ValueError: an unknown algorithm, an empty key or a key that cannot sign.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
+    if not key:
+        raise ValueError("no signing key")
+    claims: dict[str, Any] = {"iat": int(now), "exp": int(now + ttl_seconds)}
+    if subject:
+        claims["sub"] = subject
+    if publish := list(publish):
+        claims["publish"] = publish
+    if subscribe := list(subscribe):
+        claims["subscribe"] = subscribe
+    if admin:
+        claims["admin"] = True
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
+    try:
+        return jwt.encode(claims, key, algorithm=algorithm)
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise ValueError(f"cannot sign with this key: {exc}") from None
