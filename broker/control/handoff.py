@@ -1,13 +1,15 @@
 """The control plane: hypercorn serving the quart-trio app on handed-over connections.
 
 The data plane accepts every connection; a connection whose request is not hot (pages,
-``/stats``, WebSocket upgrades for now) is passed here with the bytes already read.
+``/stats``, ``/metrics``, anything over TLS or HTTP/2) is passed here with the bytes already
+read. WebSocket upgrades for ``/topics/.../ws`` stay on the data plane (``edge/wsconnection``).
 hypercorn's trio ``TCPServer`` takes any stream object with ``receive_some``/``send_all``
 and a ``socket`` attribute, so :class:`PrefixedStream` replays the read bytes first.
 
 This uses hypercorn's internal ``TCPServer``, ``Lifespan`` and ``WorkerContext`` (pinned to
-hypercorn 0.18 in pyproject.toml and covered by tests/integration/test_handoff.py); the
-ASGI lifespan is run here the way ``hypercorn.trio.run.worker_serve`` does it.
+hypercorn 0.18 in pyproject.toml; covered by tests/integration/test_http2.py and by every
+test of a page, ``/stats`` or ``/metrics``); the ASGI lifespan is run here the way
+``hypercorn.trio.run.worker_serve`` does it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 
-import { BrokerError, publish, subscribe } from '../broker-client.js';
+import { BrokerError, publish, subscribe } from '../../../broker/control/static/broker-client.js';
 
 // -- fakes -----------------------------------------------------------------------------------
 
