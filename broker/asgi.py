@@ -4,6 +4,12 @@ HTTP/2): the same routing, decoding and hub calls as the data plane, over ASGI.
 This path costs more per delivery than the data plane (every chunk goes through hypercorn),
 but it means a request never depends on which connection it arrived on: a page's ``fetch``
 that reuses the connection the page came on publishes exactly like a fresh one.
+
+Headers are read as the data plane reads them (:func:`request_headers`): a repeated field
+is joined with ``", "``, never "last one wins", so a request with two ``Authorization``
+fields gets the same 400 on both planes. Every ``DELETE /topics/...`` passes here first
+(the data plane hands all of them over), so topic administration is authorized here for
+both engines before the app or the store sees it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,14 @@ from urllib.parse import parse_qs, unquote
 
 import trio
 
-from .dataplane import Limits, degraded_notice, publish, stream_options
+from .dataplane import (
+    Limits,
+    degraded_notice,
+    end_on_expiry,
+    publish,
+    stream_deadline,
+    stream_options,
+)
 from .errors import ClientError, NotFound, PayloadTooLarge
 from .hub import Hub, Unavailable
 from .policy import Policy
@@ -78,7 +91,7 @@ class HotRoutes:
         target = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = request_headers(scope["headers"])
         cors = _raw(self.policy.cors.headers(headers.get("origin")))
         try:
             route = match(
@@ -92,9 +105,15 @@ class HotRoutes:
                     return
             await _answer_error(send, error, cors)
             return
-        if route is None and scope["method"] == "DELETE" and self.hub.store is not None:
-            await self._administer(send, target, cors)
-            return
+        if route is None and scope["method"] == "DELETE":
+            try:
+                self._admit_delete(target, headers)
+            except ClientError as error:
+                await _answer_error(send, error, cors)
+                return
+            if self.hub.store is not None:
+                await self._administer(send, target, cors)
+                return
         if route is None or route.kind == "ws":
             await self.app(scope, receive, send)
             return
@@ -124,6 +143,24 @@ class HotRoutes:
             await _answer_error(send, error, cors)
             return
         await _answer_json(send, 202, payload, cors)
+
+    def _admit_delete(self, target: str, headers: dict[str, str]) -> None:
+        """Authorize ``DELETE /topics/{topic}[/retained]`` (auth on: publish claim or admin).
+
+        Raises:
+            ClientError: 401/403 (``policy.admit_admin``), 400 for a bad topic.
+        """
+        if not self.policy.auth.enabled:
+            return
+        path, query = split_target(target)
+        if not path.startswith("/topics/"):
+            return  # not topic administration: the app answers 404/405
+        topic = unquote(path[len("/topics/") :])
+        if topic.endswith("/retained"):
+            topic = topic[: -len("/retained")]
+        self.policy.admit_admin(
+            headers, parse_qs(query, keep_blank_values=True), check_topic(topic)
+        )
 
     async def _administer(self, send: Any, target: str, cors: list[tuple[bytes, bytes]]) -> None:
         """``DELETE /topics/{topic}[/retained]`` on a store: every node forgets, not one.
@@ -166,7 +203,7 @@ class HotRoutes:
         cors: list[tuple[bytes, bytes]],
     ) -> None:
         try:
-            self.policy.admit_subscribe(route, headers)
+            identity = self.policy.admit_subscribe(route, headers)
             resume_from, start = stream_options(route, headers)
         except ClientError as error:
             await _answer_error(send, error, cors)
@@ -212,8 +249,12 @@ class HotRoutes:
             ):
                 # hypercorn's send() keeps succeeding after the client left; the disconnect
                 # message is the only reliable signal (shared/SSE.md).
-                while (await receive())["type"] != "http.disconnect":
-                    pass
+                with trio.move_on_at(stream_deadline(identity)) as expiry:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                if expiry.cancelled_caught:
+                    end_on_expiry(subscriber, identity)
+                    await trio.sleep_forever()  # the writer ends us once it is out
                 subscriber.end("gone")
         if subscriber.end_reason != "gone":
             # The broker ended the stream (broker.end, shutdown, eviction): finish the
@@ -222,6 +263,21 @@ class HotRoutes:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+
+def request_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """An ASGI scope's headers as the data plane's parser gives them.
+
+    Lowercased names; a repeated field joined with ``", "`` (``Cookie``, which HTTP/2 may
+    split into several fields, with ``"; "``).
+    """
+    headers: dict[str, str] = {}
+    for key, value in raw:
+        name, text = key.decode("latin-1").lower(), value.decode("latin-1")
+        if name in headers:
+            text = headers[name] + ("; " if name == "cookie" else ", ") + text
+        headers[name] = text
+    return headers
 
 
 class _ClientGone(Exception):

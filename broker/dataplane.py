@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -27,6 +28,7 @@ from typing import Final
 import trio
 
 from . import codecs
+from .auth import Identity
 from .errors import BadEventId, ClientError
 from .hub import Hub, PublishItem, Unavailable
 from .limits import Overloaded, TooManyRequests
@@ -112,6 +114,26 @@ def resume_id(route: Route, headers: dict[str, str]) -> str | None:
     if len(value) > 1024:
         raise BadEventId("Last-Event-ID is longer than 1024 characters")
     return value.strip()
+
+
+def stream_deadline(identity: Identity) -> float:
+    """The trio time at which a stream opened with ``identity`` ends (``inf``: never).
+
+    The token's ``exp`` (plus leeway) is wall-clock time; it is turned into trio time once,
+    when the stream opens, so the stream's timer is an ordinary trio deadline.
+    """
+    if identity.expires is None:
+        return math.inf
+    return trio.current_time() + (identity.expires - time.time())
+
+
+def expired_notice(identity: Identity) -> dict[str, object]:
+    """The data of the ``broker.auth_expired`` notice that ends a stream."""
+    return {
+        "reason": "the token that opened this stream expired; reconnect with a fresh one "
+        "and your last event id",
+        "expired_at": identity.expires,
+    }
 
 
 class DataPlane:
@@ -393,7 +415,7 @@ class DataPlane:
         peer: str,
     ) -> None:
         try:
-            identity = self.policy.admit_subscribe(route, request.headers)
+            identity = self.policy.admit_subscribe(route, request.headers, upgrade=True)
             resume_from, start = stream_options(route, request.headers)
             await self.prepare(route, resume_from, start)
         except ClientError as error:  # Unavailable included: 503 + Retry-After
@@ -420,6 +442,8 @@ class DataPlane:
                 identity=identity,
                 peer=peer,
                 on_close=partial(_log_closed, "ws", peer, opened),
+                expires_at=stream_deadline(identity),
+                expired_notice=expired_notice(identity),
             )
         finally:
             self._stream_closed("ws")
@@ -443,7 +467,7 @@ class DataPlane:
     ) -> None:
         connection.finish_bodyless(request)
         try:
-            self.policy.admit_subscribe(route, request.headers)
+            identity = self.policy.admit_subscribe(route, request.headers)
             resume_from, start = stream_options(route, request.headers)
         except ClientError as error:
             await _send_quietly(stream, error_response(error, keep_alive=False, headers=cors))
@@ -491,12 +515,23 @@ class DataPlane:
                     subscriber, route.topics, resume_from=resume_from, start_at=start
                 ):
                     subscriber.uncork()
-                    await _wait_until_closed(sock)
+                    with trio.move_on_at(stream_deadline(identity)) as expiry:
+                        await _wait_until_closed(sock)
+                    if expiry.cancelled_caught:
+                        end_on_expiry(subscriber, identity)
+                        await trio.sleep_forever()  # the writer ends us once it is out
                     subscriber.end("gone")
         finally:
             self._stream_closed("sse")
             if subscriber is not None:
                 _log_closed("sse", peer, opened, subscriber)
+
+
+def end_on_expiry(subscriber: Subscriber, identity: Identity) -> None:
+    """End an SSE stream whose token expired: ``broker.auth_expired`` (no id), then close."""
+    log.info("%s: token expired, stream closed", subscriber)
+    notice = subscriber.codec.notice("broker.auth_expired", None, expired_notice(identity))
+    subscriber.close(notice, "auth_expired")
 
 
 def publish(

@@ -20,11 +20,21 @@ time: answers keep command order, publishes from one socket are stored in that o
 the reader goes on answering pings and close frames meanwhile. At most
 :data:`COMMAND_QUEUE` commands wait; past that the reader stops reading until one is done
 (TCP pushes back on the client).
+
+Replies are bounded (issue 17). Acks, command errors and pongs share the subscriber's
+outbound budget with events (``subscriber.py``): a client that sends commands but does not
+read their answers fills it, and is then closed with 1008 and a log line; the reader stops
+reading it at once, so neither its commands nor its replies can grow the broker.
+
+A stream opened with a token ends when the token expires (``expires_at``, trio time): the
+client gets a ``broker.auth_expired`` notice (no id: its position is unchanged), then close
+1008, and reconnects with a fresh token and its last id.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,8 +98,14 @@ async def serve_websocket(
     identity: Identity = ANONYMOUS,
     peer: str = "?",
     on_close: Callable[[Subscriber], None] | None = None,
+    expires_at: float = math.inf,
+    expired_notice: dict[str, Any] | None = None,
 ) -> None:
-    """Upgrade the connection and serve one WebSocket subscriber until it ends."""
+    """Upgrade the connection and serve one WebSocket subscriber until it ends.
+
+    ``expires_at`` (trio time) ends the stream with a ``broker.auth_expired`` notice
+    carrying ``expired_notice``, then close 1008: the token that opened it has expired.
+    """
     handshake = H11Handshake(ConnectionType.SERVER)
     try:
         handshake.receive_data(raw_request)
@@ -144,7 +160,17 @@ async def serve_websocket(
         )
         with hub.subscribe(subscriber, route.topics, resume_from=resume_from, start_at=start_at):
             try:
-                await session.read_loop(sock)
+                with trio.move_on_at(expires_at) as expiry:
+                    await session.read_loop(sock)
+                if expiry.cancelled_caught:
+                    log.info("%s: token expired, stream closed", subscriber)
+                    notice = session.codec.notice(
+                        "broker.auth_expired", None, expired_notice or {"reason": "token expired"}
+                    )
+                    closing = websocket.close_frame(
+                        websocket.CLOSE_POLICY_VIOLATION, "token expired"
+                    )
+                    subscriber.close(notice + closing, "auth_expired")
             except Exception:
                 log.exception("%s: internal error", subscriber)
                 subscriber.close(websocket.close_frame(websocket.CLOSE_INTERNAL_ERROR))
@@ -205,7 +231,8 @@ class _Session:
                     log.info("%s: no answer to ping, dropped", self.subscriber)
                     self.subscriber.end("unresponsive")
                     return
-                self.subscriber.send_control(websocket.PING)
+                if not self._reply(websocket.PING):
+                    return
                 waiting_for_pong = True
                 continue
             waiting_for_pong = False
@@ -227,6 +254,8 @@ class _Session:
     async def _command_task(self, messages: trio.MemoryReceiveChannel[bytes | str]) -> None:
         """Run a store engine's commands one at a time, in arrival order."""
         async for message in messages:
+            if self.subscriber.closing:
+                return
             try:
                 publishing = self._command(message)
                 if publishing is not None:
@@ -244,7 +273,7 @@ class _Session:
                 self._unparsed += len(data)
             for event in self.connection.events():
                 self._unparsed = 0
-                if not self._handle(event):
+                if not self._handle(event) or self.subscriber.closing:
                     return False
             # wsproto buffers a frame until it is complete; bound what a peer can make it hold.
             if self._unparsed > self.options.max_message_bytes + 1024:
@@ -263,7 +292,7 @@ class _Session:
         """Handle one wsproto event; ``False`` ends the connection."""
         subscriber = self.subscriber
         if isinstance(event, Ping):
-            subscriber.send_control(self.connection.send(event.response()))
+            return self._reply(self.connection.send(event.response()))
         elif isinstance(event, CloseConnection):
             subscriber.close(self.connection.send(event.response()))
             return False
@@ -298,7 +327,7 @@ class _Session:
             return None
         if isinstance(answer, PublishItem):
             return ref, answer
-        self.subscriber.send_control(self.codec.notice("broker.ack", None, answer))
+        self._reply(self.codec.notice("broker.ack", None, answer))
         return None
 
     async def _publish_stored(self, ref: Any, item: PublishItem) -> None:
@@ -309,11 +338,29 @@ class _Session:
             self._answer_error(ref, error)
             return
         answer = {"ref": ref, "op": "publish", "id": event_id, "topic": item.topic}
-        self.subscriber.send_control(self.codec.notice("broker.ack", None, answer))
+        self._reply(self.codec.notice("broker.ack", None, answer))
 
     def _answer_error(self, ref: Any, error: ClientError) -> None:
         payload = error_payload(ref, error)
-        self.subscriber.send_control(self.codec.notice("broker.command_error", None, payload))
+        self._reply(self.codec.notice("broker.command_error", None, payload))
+
+    def _reply(self, frame: bytes) -> bool:
+        """Send a never-dropped frame; close 1008 if the client's budget cannot hold it."""
+        subscriber = self.subscriber
+        if subscriber.send_control(frame):
+            return True
+        mailbox = subscriber.mailbox
+        log.warning(
+            "%s: closed 1008, its unread replies passed the outbound budget (%d bytes, %d frames)",
+            subscriber,
+            mailbox.max_bytes,
+            mailbox.max_events,
+        )
+        subscriber.abort(
+            websocket.close_frame(websocket.CLOSE_POLICY_VIOLATION, "too many unread replies"),
+            "over_budget",
+        )
+        return False
 
     def _run(self, command: Command) -> dict[str, Any] | PublishItem:
         subscriber, hub = self.subscriber, self.hub
