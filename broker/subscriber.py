@@ -16,11 +16,14 @@ away, when a write fails, when the client falls behind for ``send_timeout`` seco
 ``broker.shutdown`` notice was flushed.
 
 Eviction is on progress, not on "any byte written": the writer runs only while something
-is pending, and it judges the client once per ``send_timeout`` window of that run. A client
-that took no bytes in the window, or fewer bytes than were queued for it meanwhile, is
-evicted; one that drains its queue ends the writer (and so the window) or shows it is
-catching up. A client that reads a few bytes now and then while the broker feeds it more
-is therefore evicted within about two windows (issue 17).
+is pending, and it judges the client at the end of each ``send_timeout`` window of that
+run. A client that took no bytes in a window is evicted (frozen). From the second window
+on, a client that took fewer bytes than were queued for it meanwhile is evicted if it also
+lost events to drop-oldest or its pending bytes did not shrink since the last judgment: it
+drains slower than it is fed. A client that drains its queue ends the writer (and so the
+windows); one that works through a burst or a backlog shows it shrinking. A client that
+reads a few bytes now and then while the broker feeds it more is therefore evicted within
+two windows (issue 17).
 
 Replies are bounded: :meth:`send_control` frames (acks, errors, pongs) are never dropped,
 but they reserve room in the mailbox's budget until written (``mailbox.py``); when the
@@ -381,15 +384,13 @@ class Subscriber:
         """
         mailbox = self.mailbox
         window_end = trio.current_time() + self.send_timeout
-        fed_before = self._fed
-        drained = 0
+        fed_before, dropped_before, drained = self._fed, mailbox.dropped, 0
+        pending_before: int | None = None  # none before the first judgment
         try:
             while not self.ended:
                 data = self._tail
                 if not data and self._control:
-                    data = b"".join(self._control)
-                    self._control_bytes = (len(data), len(self._control))
-                    self._control.clear()
+                    data = self._take_control()
                 if not data and self._backlog:
                     data = self._take_backlog()
                 if not data:
@@ -422,7 +423,12 @@ class Subscriber:
                 now = trio.current_time()
                 if now >= window_end:
                     fed = self._fed - fed_before
-                    if drained == 0 or drained < fed:
+                    pending = len(self._tail) + mailbox.bytes + mailbox.reserved_bytes
+                    behind = pending_before is not None and (
+                        drained < fed
+                        and (mailbox.dropped > dropped_before or pending >= pending_before)
+                    )
+                    if drained == 0 or behind:
                         log.info(
                             "%s: evicted, took %d bytes in %.1f s while %d were queued for it",
                             self,
@@ -432,11 +438,28 @@ class Subscriber:
                         )
                         self.end("evicted")
                         return
-                    window_end, fed_before, drained = now + self.send_timeout, self._fed, 0
+                    window_end = now + self.send_timeout
+                    fed_before, dropped_before, drained = self._fed, mailbox.dropped, 0
+                    pending_before = pending
         except SinkBroken:
             self.end("gone")
         finally:
             self.busy = False
+
+    def _take_control(self) -> bytes:
+        """The oldest control frames, up to about ``BATCH_BYTES`` (at least one).
+
+        Batched like the mailbox, so :meth:`abort` finds the rest unwritten and drops it.
+        """
+        control = self._control
+        count, size = 0, 0
+        while count < len(control) and (not count or size + len(control[count]) <= BATCH_BYTES):
+            size += len(control[count])
+            count += 1
+        data = control[0] if count == 1 else b"".join(control[:count])
+        del control[:count]
+        self._control_bytes = (size, count)
+        return data
 
     def _take_backlog(self) -> bytes:
         backlog, frame = self._backlog, self.frame

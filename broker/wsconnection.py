@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +69,12 @@ log = logging.getLogger(__name__)
 
 #: Commands that may wait behind a publish in flight on a store engine.
 COMMAND_QUEUE: Final = 16
+
+#: After our close frame: how long unread client bytes are read and discarded (see _linger).
+LINGER_SECONDS: Final = 2.0
+
+#: End reasons after which the client was sent a close frame.
+_SENT_CLOSE: Final = frozenset({"closed", "over_budget", "auth_expired"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +188,8 @@ async def serve_websocket(
             finally:
                 if on_close is not None:
                     on_close(subscriber)
+    if subscriber.end_reason in _SENT_CLOSE:
+        await _linger(sock)
 
 
 class _Session:
@@ -392,6 +401,27 @@ class _Session:
             )
             return {"ref": command.ref, "op": "publish", "id": event.id, "topic": event.topic}
         return {"ref": command.ref, "op": command.op, "topics": sorted(subscriber.topics)}
+
+
+async def _linger(sock: trio.socket.SocketType) -> None:
+    """Half-close, then discard what the client still sends, for up to ``LINGER_SECONDS``.
+
+    Closing a socket with unread input makes the kernel reset the connection, and the
+    client's kernel then drops what it had not yet handed to the client: our close frame
+    (1008 after a flood of commands) would never be read. Reading to the client's end of
+    the stream first lets it arrive. Nothing read is kept.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    with trio.move_on_after(LINGER_SECONDS):
+        while True:
+            try:
+                if not await sock.recv(65536):
+                    return
+            except OSError:
+                return
 
 
 async def _send_quietly(stream: trio.SocketStream, data: bytes) -> bool:
