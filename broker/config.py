@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 
 def _range(low: float | None = None, high: float | None = None) -> dict[str, Any]:
@@ -216,7 +216,7 @@ def _coerce(where: str, value: Any, default: Any, meta: Mapping[str, Any]) -> An
 def _build(document: Mapping[str, Any], source: str) -> Settings:
     tables: dict[str, Any] = {}
     for table_field in fields(Settings):
-        table_cls = type(table_field.default)
+        table_cls: Any = type(table_field.default)  # each table field defaults to an instance
         raw = document.get(table_field.name, {})
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{source}: [{table_field.name}] must be a table")
@@ -324,7 +324,7 @@ def load_settings(
 
 
 def _check_redis(source: str, settings: Settings) -> None:
-    from .redis_engine.address import parse_redis_url  # sans-IO; no Redis client import
+    from .engines.redis.address import parse_redis_url  # sans-IO; no Redis client import
 
     cluster = settings.cluster
     if not cluster.enabled:

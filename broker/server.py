@@ -24,22 +24,22 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .app import create_app
-from .asgi import HotRoutes
-from .auth import Authenticator
 from .cluster import Cluster, ClusterOptions, open_cluster
 from .config import Settings
-from .controlplane import ControlPlane, server_ssl_context
-from .cors import CorsPolicy
-from .dataplane import DataPlane, Limits
+from .control.app import create_app
+from .control.handoff import ControlPlane, server_ssl_context
+from .control.metrics import make_registry
+from .edge.asgi import HotRoutes
+from .edge.auth import Authenticator
+from .edge.cors import CorsPolicy
+from .edge.dataplane import DataPlane, Limits
+from .edge.limits import ConnectionLimiter, RateLimiter
+from .edge.policy import Policy
+from .edge.wsconnection import WsOptions
 from .hub import Hub, open_hub
-from .limits import ConnectionLimiter, RateLimiter
-from .metrics import make_registry
-from .policy import Policy
-from .wsconnection import WsOptions
 
 if TYPE_CHECKING:
-    from .redis_engine import RedisEngine
+    from .engines.redis import RedisEngine
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ async def serve(
             metrics=make_registry(lambda: running),
         )
         catchup = settings.cluster.catchup_seconds if clustered else 0.0
-        app.asgi_app = HotRoutes(  # type: ignore[method-assign]
+        # Quart types asgi_app as its own method; HotRoutes is an ASGI callable in its place.
+        app.asgi_app = HotRoutes(  # type: ignore[method-assign,assignment]
             app.asgi_app, hub, limits, policy, catchup_seconds=catchup
         )
         tls = settings.tls
@@ -254,7 +255,7 @@ async def _maybe_store(hub: Hub, settings: Settings) -> AsyncIterator[RedisEngin
     if not config.enabled or config.engine != "redis":
         yield None
         return
-    from .redis_engine import RedisOptions, open_redis_engine  # imports coredis
+    from .engines.redis import RedisOptions, open_redis_engine  # imports coredis
 
     options = RedisOptions(
         url=config.redis_url,

@@ -38,7 +38,7 @@ class FrameError(Exception):
 
 def encode(frame: dict[str, Any]) -> bytes:
     """One frame, length prefix included."""
-    body = msgpack.packb(frame, use_bin_type=True)
+    body: bytes = msgpack.packb(frame, use_bin_type=True)
     return PREFIX.pack(len(body)) + body
 
 
@@ -82,7 +82,7 @@ class FrameDecoder:
         self.max_frame_bytes = max_frame_bytes
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def feed(self, data: bytes | bytearray) -> list[dict[str, Any]]:
         """Add received bytes; return the complete frames, validated.
 
         Raises:

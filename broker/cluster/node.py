@@ -20,8 +20,8 @@ from typing import Any
 
 import trio
 
-from ..events import Event
 from ..hub import Hub
+from ..hub.events import Event
 from . import frames
 from .link import Hello, LinkBroken, LinkClosed, PeerLink, handshake
 from .membership import Membership

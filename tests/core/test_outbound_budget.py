@@ -9,8 +9,8 @@ from functools import partial
 import trio
 
 from broker.hub import Hub
-from broker.subscriber import Subscriber
-from broker.websocket import WsCodec
+from broker.hub.subscriber import Subscriber
+from broker.wire.websocket import WsCodec
 from tests.core.test_hub import MemorySink
 
 

@@ -194,7 +194,7 @@ async def test_an_ack_flood_from_a_client_that_never_reads_leaves_memory_bounded
 
 async def test_a_reader_that_takes_a_few_bytes_now_and_then_is_evicted(caplog):
     """Reading 100 bytes every 0.1 s never stalls for send_timeout, but it falls behind."""
-    caplog.set_level(logging.INFO, logger="broker.subscriber")
+    caplog.set_level(logging.INFO, logger="broker.hub.subscriber")
     with trio.fail_after(20):
         async with open_broker_server(stream={"send_timeout_seconds": 0.5}) as server:
             host, port = host_port(server.url)
