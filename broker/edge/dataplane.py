@@ -515,11 +515,14 @@ class DataPlane:
                     subscriber, route.topics, resume_from=resume_from, start_at=start
                 ):
                     subscriber.uncork()
-                    with trio.move_on_at(stream_deadline(identity)) as expiry:
+                    if identity.expires is None:  # no cancel scope held by an idle stream
                         await _wait_until_closed(sock)
-                    if expiry.cancelled_caught:
-                        end_on_expiry(subscriber, identity)
-                        await trio.sleep_forever()  # the writer ends us once it is out
+                    else:
+                        with trio.move_on_at(stream_deadline(identity)) as expiry:
+                            await _wait_until_closed(sock)
+                        if expiry.cancelled_caught:
+                            end_on_expiry(subscriber, identity)
+                            await trio.sleep_forever()  # the writer ends us once it is out
                     subscriber.end("gone")
         finally:
             self._stream_closed("sse")

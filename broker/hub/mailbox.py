@@ -86,7 +86,11 @@ class Mailbox:
             frames = self._frames = deque()
         frames.append((frame, event_id, queued_at))
         self.bytes += len(frame)
-        self._make_room(1)
+        if (
+            len(frames) + self.reserved_frames > self.max_events
+            or self.bytes + self.reserved_bytes > self.max_bytes
+        ):
+            self._make_room(1)
         if len(frames) > self.peak:
             self.peak = len(frames)
 
