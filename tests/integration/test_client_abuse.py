@@ -284,6 +284,22 @@ async def test_cross_site_websocket_hijacking_is_refused():
             for ws in ok:
                 message = await ws.until(lambda m: not (m["event"] or "").startswith("broker."))
                 assert message["data"] == {"secret": 1}
+            # A connection hypercorn serves (kept alive after a page) has no WebSocket route.
+            page = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            upgrade = (
+                "GET /topics/private/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                f"Sec-WebSocket-Version: 13\r\nOrigin: {EVIL}\r\nCookie: broker_token={reader}"
+                "\r\n\r\n"
+            ).encode()
+            stream = await trio.open_tcp_stream(*host_port(server.url))
+            await stream.send_all(page + upgrade)
+            received = b""
+            while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"}"):
+                received += await stream.receive_some(65536)
+            await stream.aclose()
+            assert b"HTTP/1.1 101" not in received
+            assert received.split(b"HTTP/1.1 ")[2].startswith(b"405")
             # The listed origin may publish over its socket.
             await ok[0].send_text(json.dumps({"op": "publish", "topic": "private", "data": 2}))
             assert (await ok[0].until(lambda m: m["event"] == "broker.ack"))["data"]["id"]
