@@ -45,3 +45,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info load/build
+
+# A longer fuzz run of the peer link (the normal test run does 200 cases per phase).
+.PHONY: fuzz-peer
+fuzz-peer: $(STAMP)
+	BROKER_FUZZ_EXAMPLES=$${BROKER_FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest -q tests/cluster/test_peer_link_fuzz.py

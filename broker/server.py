@@ -32,9 +32,10 @@ from .control.metrics import make_registry
 from .edge.asgi import HotRoutes
 from .edge.auth import Authenticator
 from .edge.cors import CorsPolicy
-from .edge.dataplane import DataPlane, Limits
+from .edge.dataplane import DataPlane
 from .edge.limits import ConnectionLimiter, RateLimiter
 from .edge.policy import Policy
+from .edge.session import Limits, Streams
 from .edge.wsconnection import WsOptions
 from .hub import Hub, open_hub
 
@@ -51,6 +52,7 @@ class RunningServer:
     Attributes:
         urls: ``http://host:port`` for each bound address.
         hub: the node's hub.
+        streams: what every stream shares, and the count of open streams.
         dataplane: the public listener's connection handler (connection counts).
         control: the hypercorn side.
         cluster: this node's mesh membership, if ``[cluster] enabled`` on the mesh engine.
@@ -59,6 +61,7 @@ class RunningServer:
 
     urls: list[str]
     hub: Hub
+    streams: Streams
     dataplane: DataPlane
     control: ControlPlane
     cluster: Cluster | None = None
@@ -123,10 +126,9 @@ async def serve(
             metrics=make_registry(lambda: running),
         )
         catchup = settings.cluster.catchup_seconds if clustered else 0.0
+        streams = Streams(hub, policy, limits, catchup_seconds=catchup)
         # Quart types asgi_app as its own method; HotRoutes is an ASGI callable in its place.
-        app.asgi_app = HotRoutes(  # type: ignore[method-assign,assignment]
-            app.asgi_app, hub, limits, policy, catchup_seconds=catchup
-        )
+        app.asgi_app = HotRoutes(app.asgi_app, streams)  # type: ignore[method-assign,assignment]
         tls = settings.tls
         control = ControlPlane(
             app,
@@ -144,13 +146,10 @@ async def serve(
                 allow_publish=ws.allow_publish,
             )
             dataplane = DataPlane(
-                hub,
-                limits,
+                streams,
                 control.serve,
                 ws_options,
-                policy=policy,
                 handoff_tls=control.serve_tls if control.ssl_context else None,
-                catchup_seconds=catchup,
             )
             nursery.start_soon(dataplane.sweep_idle)
             listeners = await _open_listeners(settings)
@@ -169,13 +168,13 @@ async def serve(
 
                 bound = await nursery.start(accept)
                 urls = [_url(listener.socket.getsockname()) for listener in bound]
-                running = RunningServer(urls, hub, dataplane, control, cluster, store)
+                running = RunningServer(urls, hub, streams, dataplane, control, cluster, store)
                 for url in urls:
                     log.info("listening on %s (origin %s)", url, hub.origin)
                 task_status.started(running)
                 await running._shutdown.wait()
 
-                log.info("shutting down: %d streams open", dataplane.streams)
+                log.info("shutting down: %d streams open", streams.statistics().open)
                 accepting.cancel()
                 hub.close()
                 dataplane.close_idle()
@@ -213,8 +212,8 @@ def policy_from(settings: Settings) -> Policy:
 
 def _connection_stats(server: RunningServer) -> dict[str, Any]:
     stats: dict[str, Any] = {
-        "connections": server.dataplane.connections,
-        "streams": server.dataplane.streams,
+        "connections": server.dataplane.statistics().connections,
+        "streams": server.streams.statistics().open,
         "handed_off_connections": server.control.connections,
     }
     if server.cluster is not None:
@@ -243,6 +242,10 @@ async def _maybe_cluster(hub: Hub, settings: Settings) -> AsyncIterator[Cluster 
         max_frame_bytes=config.max_frame_bytes,
         queue_frames=config.queue_frames,
         backoff_max_seconds=config.backoff_max_seconds,
+        handshake_timeout=config.handshake_timeout_seconds,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        tls_ca=config.tls_ca,
     )
     async with open_cluster(hub, options) as cluster:
         log.info("cluster: node %s, peer link on %s", options.node_id, cluster.addr)

@@ -8,7 +8,7 @@ an upgrade, masking and a second framing layer for nothing a peer needs.
 Frame types (``t``):
 
     hello   {node, origin, nonce, addr}       first frame on a link, both directions
-    auth    {mac}                             HMAC over both nonces (see auth.py)
+    auth    {mac}                             the handshake's proofs (see auth.py)
     members {peers: {node: addr}}             gossip: everyone this node knows
     hb      {v: {origin: seq}}                heartbeat and anti-entropy digest (the vector)
     ev      {o, s, tp, e, d, j, ts, r, f}     one event: origin, seq, topic, type, data,
@@ -88,19 +88,36 @@ class FrameDecoder:
         Raises:
             FrameError: oversized, undecodable or malformed frames.
         """
-        buffer = self._buffer
-        buffer += data
+        self._buffer += data
         frames = []
-        while len(buffer) >= PREFIX.size:
-            (length,) = PREFIX.unpack_from(buffer)
-            if length > self.max_frame_bytes:
-                raise FrameError(f"frame of {length} bytes is over {self.max_frame_bytes}")
-            if len(buffer) < PREFIX.size + length:
-                break
-            body = bytes(buffer[PREFIX.size : PREFIX.size + length])
-            del buffer[: PREFIX.size + length]
-            frames.append(_check(body))
+        while (frame := self.next_frame()) is not None:
+            frames.append(frame)
         return frames
+
+    def add(self, data: bytes | bytearray) -> None:
+        """Buffer received bytes without decoding them (see :meth:`next_frame`)."""
+        self._buffer += data
+
+    def next_frame(self) -> dict[str, Any] | None:
+        """The next complete frame in the buffer, validated, or ``None``.
+
+        One frame at a time lets a caller change :attr:`max_frame_bytes` between frames
+        (the peer handshake accepts only small frames until the peer is authenticated).
+
+        Raises:
+            FrameError: oversized, undecodable or malformed frames.
+        """
+        buffer = self._buffer
+        if len(buffer) < PREFIX.size:
+            return None
+        (length,) = PREFIX.unpack_from(buffer)
+        if length > self.max_frame_bytes:
+            raise FrameError(f"frame of {length} bytes is over {self.max_frame_bytes}")
+        if len(buffer) < PREFIX.size + length:
+            return None
+        body = bytes(buffer[PREFIX.size : PREFIX.size + length])
+        del buffer[: PREFIX.size + length]
+        return _check(body)
 
 
 def _check(body: bytes) -> dict[str, Any]:

@@ -38,9 +38,10 @@ class BrokerCollector(Collector):
         connections = GaugeMetricFamily(
             "broker_connections", "Open client connections by transport", labels=["transport"]
         )
-        for transport, count in dataplane.streams_by_transport.items():
-            connections.add_metric([transport], count)
-        connections.add_metric(["http"], dataplane.connections - dataplane.streams)
+        streams, plane = server.streams.statistics(), dataplane.statistics()
+        connections.add_metric(["sse"], streams.sse)
+        connections.add_metric(["ws"], streams.ws)
+        connections.add_metric(["http"], plane.connections - plane.streams)
         connections.add_metric(["hypercorn"], server.control.connections)
         yield connections
         yield GaugeMetricFamily("broker_subscribers", "Open subscriber streams", stats.subscribers)

@@ -23,20 +23,13 @@ import trio
 
 from ..core.errors import ClientError, NotFound, PayloadTooLarge
 from ..core.topics import check_event_type, check_topic
-from ..hub import Hub, Unavailable
-from ..hub.subscriber import SinkBroken, Subscriber
+from ..hub import Unavailable
+from ..hub.subscriber import Codec, Sink, SinkBroken, Subscriber
 from ..wire.sse import PREAMBLE, SseCodec
-from .dataplane import (
-    Limits,
-    degraded_notice,
-    end_on_expiry,
-    publish,
-    stream_deadline,
-    stream_options,
-)
+from .auth import Identity
 from .http1 import error_headers
-from .policy import Policy
 from .routes import Route, match, split_target
+from .session import Streams, degraded_notice, open_stream, publish
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +62,12 @@ class AsgiSink:
 class HotRoutes:
     """ASGI middleware: hot routes here, everything else to the wrapped app."""
 
-    def __init__(
-        self,
-        app: Any,
-        hub: Hub,
-        limits: Limits,
-        policy: Policy | None = None,
-        *,
-        catchup_seconds: float = 0.0,
-    ) -> None:
-        self.catchup_seconds = catchup_seconds
+    def __init__(self, app: Any, streams: Streams) -> None:
         self.app = app
-        self.hub = hub
-        self.limits = limits
-        self.policy = policy or Policy()
+        self.streams = streams
+        self.hub = streams.hub
+        self.limits = streams.limits
+        self.policy = streams.policy
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -119,7 +104,8 @@ class HotRoutes:
             return
         peer = (scope.get("client") or ("?",))[0]
         if route.kind == "sse":
-            await self._sse(scope, receive, send, route, headers, cors)
+            transport = AsgiSseTransport(scope, receive, send, route, cors)
+            await open_stream(self.streams, transport, route, headers, peer=str(peer))
         else:
             await self._publish(receive, send, route, headers, cors, peer)
 
@@ -134,9 +120,7 @@ class HotRoutes:
     ) -> None:
         try:
             body = await _read_body(receive, self.limits.max_body_bytes)
-            payload = publish(self.hub, self.policy, route, headers, body, peer)
-            if not isinstance(payload, dict):  # the engine stores asynchronously
-                payload = await payload
+            payload = await publish(self.hub, self.policy, route, headers, body, peer)
         except _ClientGone:
             return
         except ClientError as error:
@@ -193,74 +177,65 @@ class HotRoutes:
     async def _not_found(self, send: Any, cors: list[tuple[bytes, bytes]]) -> None:
         await _answer_error(send, NotFound("no such resource"), cors)
 
-    async def _sse(
-        self,
-        scope: Scope,
-        receive: Any,
-        send: Any,
-        route: Route,
-        headers: dict[str, str],
-        cors: list[tuple[bytes, bytes]],
+
+class AsgiSseTransport:
+    """SSE on a connection hypercorn serves (a :class:`~.session.StreamTransport`)."""
+
+    __slots__ = ("cors", "receive", "route", "scope", "send")
+    kind = "sse"
+
+    def __init__(
+        self, scope: Scope, receive: Any, send: Any, route: Route, cors: list[tuple[bytes, bytes]]
     ) -> None:
-        try:
-            identity = self.policy.admit_subscribe(route, headers)
-            resume_from, start = stream_options(route, headers)
-        except ClientError as error:
-            await _answer_error(send, error, cors)
-            return
-        try:
-            await self.hub.prepare(
-                route.topics,
-                resume_from=resume_from,
-                start_at=start,
-                catchup_seconds=self.catchup_seconds,
-            )
-        except Unavailable as error:
-            head = {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + cors}
-            await send(head)
-            notice = degraded_notice(route, error, resume_from)
-            await send({"type": "http.response.body", "body": PREAMBLE + notice})
-            return
-        if self.hub.stream_is_over(route.topics, resume_from):
-            await send({"type": "http.response.start", "status": 204, "headers": cors})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + cors})
-        await send({"type": "http.response.body", "body": PREAMBLE, "more_body": True})
-        if scope["method"] == "HEAD":
-            await send({"type": "http.response.body", "body": b""})
-            return
-        limits = self.limits
-        async with trio.open_nursery() as nursery:
-            subscriber = Subscriber(
-                sink=AsgiSink(send),
-                codec=SseCodec(envelope=route.flag("envelope")),
-                nursery=nursery,
-                cancel_scope=nursery.cancel_scope,
-                position="",
-                max_events=limits.queue_events,
-                max_bytes=limits.queue_bytes,
-                send_timeout=limits.send_timeout,
-                name=f"sse(asgi) {scope.get('client')}",
-                latency=self.hub.latency,
-            )
-            with self.hub.subscribe(
-                subscriber, route.topics, resume_from=resume_from, start_at=start
-            ):
-                # hypercorn's send() keeps succeeding after the client left; the disconnect
-                # message is the only reliable signal (shared/SSE.md).
-                with trio.move_on_at(stream_deadline(identity)) as expiry:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                if expiry.cancelled_caught:
-                    end_on_expiry(subscriber, identity)
-                    await trio.sleep_forever()  # the writer ends us once it is out
-                subscriber.end("gone")
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.route = route
+        self.cors = cors
+
+    async def refuse(self, error: ClientError) -> None:
+        await _answer_error(self.send, error, self.cors)
+
+    async def degrade(self, error: Unavailable, resume_from: str | None) -> None:
+        start = {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + self.cors}
+        await self.send(start)
+        notice = degraded_notice(self.route, error, resume_from)
+        await self.send({"type": "http.response.body", "body": PREAMBLE + notice})
+
+    async def over(self) -> bool:
+        await self.send({"type": "http.response.start", "status": 204, "headers": self.cors})
+        await self.send({"type": "http.response.body", "body": b""})
+        return True
+
+    async def accept(self) -> bytes | None:
+        start = {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + self.cors}
+        await self.send(start)
+        await self.send({"type": "http.response.body", "body": PREAMBLE, "more_body": True})
+        if self.scope["method"] == "HEAD":
+            await self.send({"type": "http.response.body", "body": b""})
+            return None
+        return b""
+
+    def sink(self) -> Sink:
+        return AsgiSink(self.send)
+
+    def codec(self) -> Codec:
+        return SseCodec(envelope=self.route.flag("envelope"))
+
+    async def serve(
+        self, subscriber: Subscriber, nursery: trio.Nursery, identity: Identity
+    ) -> None:
+        # hypercorn's send() keeps succeeding after the client left; the disconnect message
+        # is the only reliable signal.
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+
+    async def finish(self, subscriber: Subscriber) -> None:
         if subscriber.end_reason != "gone":
             # The broker ended the stream (broker.end, shutdown, eviction): finish the
             # response, or the client sees a truncated body instead of a clean end.
             try:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self.send({"type": "http.response.body", "body": b"", "more_body": False})
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 

@@ -1,13 +1,16 @@
 """The data plane: publish and subscribe on plain Trio, every other request to hypercorn.
 
-Why a data plane of our own (figures in README "Why two planes", from shared/PERF.md): a
-delivery through quart-trio's streaming response costs 188-312 µs of CPU and a publish
-through Quart 0.9-2 ms; a write straight to the socket costs 11-14 µs. So the broker's
-listener reads each request head itself (request.py), serves the hot routes here, and hands any
-other connection, with the bytes already read, to hypercorn serving the quart-trio app.
+Why a data plane of our own (figures in README "Why two planes"): a delivery through
+quart-trio's streaming response costs 188-312 µs of CPU and a publish through Quart 0.9-2 ms;
+a write straight to the socket costs 11-14 µs. So the broker's listener reads each request
+head itself (``http1.py``), serves the hot routes here, and hands any other connection, with
+the bytes already read, to hypercorn serving the quart-trio app.
 
 A connection is served here request by request (keep-alive). Once a request is not hot,
-the whole connection belongs to hypercorn for the rest of its life.
+the whole connection belongs to hypercorn for the rest of its life. A subscribe request
+becomes a stream through ``session.open_stream``, like on every other transport; this
+module only says how SSE looks on the raw socket (:class:`RawSseTransport`) and hands
+WebSocket upgrades to ``wsconnection``.
 """
 
 from __future__ import annotations
@@ -15,24 +18,18 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import math
 import os
 import random
 import re
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
-from typing import Final
+from typing import Final, NamedTuple
 
 import trio
 
-from ..core.errors import BadEventId, ClientError
-from ..core.topics import check_event_type
-from ..hub import Hub, PublishItem, Unavailable
-from ..hub.replay import StartAt
-from ..hub.subscriber import SocketSink, Subscriber
-from ..wire import codecs
+from ..core.errors import ClientError
+from ..hub import Unavailable
+from ..hub.subscriber import Codec, Sink, SocketSink, Subscriber
 from ..wire.sse import PREAMBLE, SseCodec
 from .auth import Identity
 from .http1 import (
@@ -45,9 +42,16 @@ from .http1 import (
     response,
 )
 from .limits import Overloaded, TooManyRequests
-from .policy import Policy
-from .routes import Route, match, start_at
-from .wsconnection import WsOptions, serve_websocket
+from .routes import Route, match
+from .session import (
+    Answer,
+    Streams,
+    StreamTransport,
+    degraded_notice,
+    open_stream,
+    publish,
+)
+from .wsconnection import WebSocketTransport, WsOptions
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +64,9 @@ SSE_HEAD: Final = (
 )
 
 Handoff = Callable[[trio.SocketStream, bytes], Awaitable[None]]
-Answer = dict[str, object]
 
 #: Longest pause before reading a rate-limited connection's next request.
 MAX_RATE_HOLD_SECONDS: Final = 5.0
-
-#: An id echoed back to a refused client must be a plain id (no line breaks).
-_PLAIN_ID: Final = re.compile(r"[A-Za-z0-9._~-]{1,1024}")
 
 
 class _After(enum.Enum):
@@ -78,103 +78,64 @@ class _After(enum.Enum):
     HANDOFF = "hand the connection to hypercorn"
 
 
+class _Outcome(NamedTuple):
+    """A request's outcome: what comes next, and what that needs."""
+
+    after: _After
+    #: STREAM: the route matched and the CORS headers computed for the request, once.
+    route: Route | None = None
+    cors: Headers | None = None
+    #: NEXT: seconds to wait before reading the next request (a rate-limited client).
+    hold: float = 0.0
+
+
+_NEXT: Final = _Outcome(_After.NEXT)
+_CLOSE: Final = _Outcome(_After.CLOSE)
+_HANDOFF: Final = _Outcome(_After.HANDOFF)
+
+
 @dataclass(frozen=True, slots=True)
-class Limits:
-    """The data plane's limits (from ``[limits]`` and ``[stream]`` in config)."""
+class DataPlaneStatistics:
+    """The data plane's connections, and how many of them are streams."""
 
-    max_body_bytes: int = 1024 * 1024
-    max_head_bytes: int = 16 * 1024
-    idle_timeout: float = 60.0
-    queue_events: int = 1024
-    queue_bytes: int = 4 * 1024 * 1024
-    send_timeout: float = 30.0
-    max_topics_per_subscription: int = 64
-
-
-def stream_options(route: Route, headers: dict[str, str]) -> tuple[str | None, StartAt | None]:
-    """A subscribe request's resume id and start options.
-
-    Raises:
-        BadEventId, BadRequest.
-    """
-    return resume_id(route, headers), start_at(route, time.time())
-
-
-def resume_id(route: Route, headers: dict[str, str]) -> str | None:
-    """The id a subscriber resumes from: ``Last-Event-ID`` header, else the query.
-
-    Raises:
-        BadEventId: a header value that could never be an id (too long).
-    """
-    value = headers.get("last-event-id")
-    if value is None:
-        value = route.param("last_event_id")
-    if value is None or value.strip() == "":
-        return None
-    if len(value) > 1024:
-        raise BadEventId("Last-Event-ID is longer than 1024 characters")
-    return value.strip()
-
-
-def stream_deadline(identity: Identity) -> float:
-    """The trio time at which a stream opened with ``identity`` ends (``inf``: never).
-
-    The token's ``exp`` (plus leeway) is wall-clock time; it is turned into trio time once,
-    when the stream opens, so the stream's timer is an ordinary trio deadline.
-    """
-    if identity.expires is None:
-        return math.inf
-    return trio.current_time() + (identity.expires - time.time())
-
-
-def expired_notice(identity: Identity) -> dict[str, object]:
-    """The data of the ``broker.auth_expired`` notice that ends a stream."""
-    return {
-        "reason": "the token that opened this stream expired; reconnect with a fresh one "
-        "and your last event id",
-        "expired_at": identity.expires,
-    }
+    connections: int
+    streams: int
 
 
 class DataPlane:
     """Serves connections accepted on the public port.
 
     Args:
-        hub: the hub to publish to and subscribe on.
-        limits: request and queue limits.
+        streams: the hub, policy and limits every stream and publish shares.
         handoff: serves the rest of a connection with hypercorn.
         ws_options: WebSocket settings.
-        policy: CORS, auth and rate/connection limits (default: all open).
         handoff_tls: serves a TLS connection with hypercorn (``None``: TLS is refused).
-        catchup_seconds: in a cluster, how long a resuming subscriber may wait for this
-            node to catch up with the position it brings from another node.
     """
 
     def __init__(
         self,
-        hub: Hub,
-        limits: Limits,
+        streams: Streams,
         handoff: Handoff,
         ws_options: WsOptions | None = None,
         *,
-        policy: Policy | None = None,
         handoff_tls: Handoff | None = None,
-        catchup_seconds: float = 0.0,
     ) -> None:
-        self.hub = hub
-        self.catchup_seconds = catchup_seconds
+        self.streams = streams
+        self.hub = streams.hub
+        self.policy = streams.policy
+        self.limits = streams.limits
         self.ws_options = ws_options or WsOptions()
-        self.policy = policy or Policy()
-        self.limits = limits
         self.handoff = handoff
         self.handoff_tls = handoff_tls
         self.connections = 0
-        self.streams = 0
-        self.streams_by_transport = {"sse": 0, "ws": 0}
+        self._streaming = 0
         #: Connections waiting for a request (or its body): their scope, and since when.
         self._waiting: dict[trio.CancelScope, float] = {}
         self._clock = trio.current_time()
         self._closing = False
+
+    def statistics(self) -> DataPlaneStatistics:
+        return DataPlaneStatistics(connections=self.connections, streams=self._streaming)
 
     def close_idle(self) -> None:
         """Close connections that are waiting for their next request (shutdown)."""
@@ -197,25 +158,6 @@ class DataPlane:
                 if now - since > timeout:
                     scope.cancel()
             await trio.sleep(period)
-
-    async def prepare(self, route: Route, resume_from: str | None, start: StartAt | None) -> None:
-        """Get the engine ready to start a stream (``Hub.prepare``).
-
-        On the mesh, a client that was on another node waits (up to ``catchup_seconds``)
-        for this node to catch up: starting the stream while this node has delivered less
-        of some origin than the client has seen would send ids that move the client
-        backwards (shared/CLUSTER.md); after that the stream starts with ``broker.reset``.
-        On Redis, the engine reads what the start needs.
-
-        Raises:
-            Unavailable: the engine's store is unreachable.
-        """
-        await self.hub.prepare(
-            route.topics,
-            resume_from=resume_from,
-            start_at=start,
-            catchup_seconds=self.catchup_seconds,
-        )
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         """Serve one accepted connection until it closes; always closes it."""
@@ -257,21 +199,21 @@ class DataPlane:
                     waiting.pop(idle, None)
                 if idle.cancel_called:  # shutdown came while the request arrived: not served
                     return False
-                after = await self._serve_request(connection, request, peer, admitted, idle)
+                outcome = await self._serve_request(connection, request, peer, admitted, idle)
+                after = outcome.after
                 if after is _After.CLOSE:
                     return False
                 if after is not _After.NEXT:
                     break
-                if connection.hold:
+                if outcome.hold:
                     # Rate limited: its next request is read once a token is back. A client
                     # that honours Retry-After never notices; one that floods costs a request
                     # per refill instead of as many as it can send (load/ flood scenario).
                     waiting[idle] = self._clock
                     try:
-                        await trio.sleep(connection.hold)
+                        await trio.sleep(outcome.hold)
                     finally:
                         waiting.pop(idle, None)
-                        connection.hold = 0.0
         if after is _After.CLOSE or after is _After.NEXT:  # closing, or the idle scope fired
             return False
         # A stream (or the rest of the connection, handed off) is served outside the
@@ -279,13 +221,28 @@ class DataPlane:
         if after is _After.HANDOFF:
             await self.handoff(stream, request.raw)
             return True
-        route = match(request.method, request.target, max_topics=limits.max_topics_per_subscription)
-        assert route is not None  # matched in _serve_request
-        cors = self.policy.cors.headers(request.headers.get("origin"))
+        route, cors = outcome.route, outcome.cors or []
+        assert route is not None
+        transport: StreamTransport
         if route.kind == "sse":
-            await self._serve_sse(stream, connection, request, route, cors, peer)
+            connection.finish_bodyless(request)
+            transport = RawSseTransport(stream, route, cors, head_only=request.method == "HEAD")
         else:
-            await self._serve_websocket(stream, request, route, cors, peer)
+            transport = WebSocketTransport(
+                stream,
+                request.raw,
+                request.after_head,
+                route,
+                cors,
+                streams=self.streams,
+                options=self.ws_options,
+                peer=peer,
+            )
+        self._streaming += 1
+        try:
+            await open_stream(self.streams, transport, route, request.headers, peer=peer)
+        finally:
+            self._streaming -= 1
         return False
 
     async def _serve_request(
@@ -295,7 +252,7 @@ class DataPlane:
         peer: str,
         admitted: bool,
         idle: trio.CancelScope,
-    ) -> _After:
+    ) -> _Outcome:
         """Serve one request, or say it is a stream; say what becomes of the connection."""
         stream = connection.stream
         cors = self.policy.cors.headers(request.headers.get("origin"))
@@ -308,31 +265,33 @@ class DataPlane:
         except ClientError as error:
             if request.method == "OPTIONS":
                 await self._preflight(stream, connection, request)
-                return _After.NEXT if request.keep_alive else _After.CLOSE
+                return _NEXT if request.keep_alive else _CLOSE
             if request.method in ("GET", "HEAD"):
                 connection.finish_bodyless(request)
             else:
                 request.keep_alive = False
             answer = error_response(error, keep_alive=request.keep_alive, headers=cors)
             await _send_quietly(stream, answer)
-            return _After.NEXT if request.keep_alive else _After.CLOSE
+            return _NEXT if request.keep_alive else _CLOSE
         if route is None or "h2c" in request.headers.get("upgrade", "").lower():
-            return _After.HANDOFF
+            return _HANDOFF
         if not admitted:
             await self._refuse_overloaded(stream, route, cors)
-            return _After.CLOSE
+            return _CLOSE
         if route.kind in ("sse", "ws"):
-            return _After.STREAM
+            return _Outcome(_After.STREAM, route, cors)
         self._waiting[idle] = self._clock  # the body, too, must come within the timeout
         try:
-            answer = await self._publish(connection, request, route, cors, peer)
+            answer, hold = await self._publish(connection, request, route, cors, peer)
         finally:
             del self._waiting[idle]
         try:
             await connection.send(answer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return _After.CLOSE
-        return _After.NEXT if request.keep_alive else _After.CLOSE
+            return _CLOSE
+        if not request.keep_alive:
+            return _CLOSE
+        return _Outcome(_After.NEXT, hold=hold) if hold else _NEXT
 
     async def _hand_over(self, stream: trio.SocketStream, other: NotHttp1) -> bool:
         if other.protocol == "h2":
@@ -386,217 +345,82 @@ class DataPlane:
         route: Route,
         cors: Headers,
         peer: str,
-    ) -> bytes:
-        """Read, publish and answer one publish request (``keep_alive`` may turn off)."""
+    ) -> tuple[bytes, float]:
+        """Read, publish and answer one publish request (``keep_alive`` may turn off).
+
+        Returns:
+            the answer, and how long to wait before reading the next request (rate limits).
+        """
         try:
             try:
                 body = await connection.read_body(request, self.limits.max_body_bytes)
             except ClientError:
                 request.keep_alive = False  # the body was not read: the framing is lost
                 raise
-            payload = publish(self.hub, self.policy, route, request.headers, body, peer)
-            if not isinstance(payload, dict):  # the engine stores asynchronously
-                payload = await payload
-            return response(202, answer_body(payload), keep_alive=request.keep_alive, headers=cors)
+            payload = await publish(self.hub, self.policy, route, request.headers, body, peer)
+            keep_alive = request.keep_alive
+            return response(202, answer_body(payload), keep_alive=keep_alive, headers=cors), 0.0
         except ConnectionDone:
             request.keep_alive = False
-            return b""
+            return b"", 0.0
         except ClientError as error:
+            hold = 0.0
             if isinstance(error, TooManyRequests):
-                connection.hold = min(error.wait_seconds + 0.005, MAX_RATE_HOLD_SECONDS)
-            return error_response(error, keep_alive=request.keep_alive, headers=cors)
-
-    async def _serve_websocket(
-        self,
-        stream: trio.SocketStream,
-        request: Request,
-        route: Route,
-        cors: Headers,
-        peer: str,
-    ) -> None:
-        try:
-            identity = self.policy.admit_subscribe(route, request.headers, upgrade=True)
-            resume_from, start = stream_options(route, request.headers)
-            await self.prepare(route, resume_from, start)
-        except ClientError as error:  # Unavailable included: 503 + Retry-After
-            await _send_quietly(stream, error_response(error, keep_alive=False, headers=cors))
-            return
-        limits = self.limits
-        self._stream_opened("ws")
-        opened = trio.current_time()
-        try:
-            await serve_websocket(
-                stream,
-                request.raw,
-                request.after_head,
-                route,
-                hub=self.hub,
-                options=self.ws_options,
-                queue_events=limits.queue_events,
-                queue_bytes=limits.queue_bytes,
-                send_timeout=limits.send_timeout,
-                max_topics=limits.max_topics_per_subscription,
-                resume_from=resume_from,
-                start_at=start,
-                policy=self.policy,
-                identity=identity,
-                peer=peer,
-                on_close=partial(_log_closed, "ws", peer, opened),
-                expires_at=stream_deadline(identity),
-                expired_notice=expired_notice(identity),
-            )
-        finally:
-            self._stream_closed("ws")
-
-    def _stream_opened(self, transport: str) -> None:
-        self.streams += 1
-        self.streams_by_transport[transport] += 1
-
-    def _stream_closed(self, transport: str) -> None:
-        self.streams -= 1
-        self.streams_by_transport[transport] -= 1
-
-    async def _serve_sse(
-        self,
-        stream: trio.SocketStream,
-        connection: HttpConnection,
-        request: Request,
-        route: Route,
-        cors: Headers,
-        peer: str,
-    ) -> None:
-        connection.finish_bodyless(request)
-        try:
-            identity = self.policy.admit_subscribe(route, request.headers)
-            resume_from, start = stream_options(route, request.headers)
-        except ClientError as error:
-            await _send_quietly(stream, error_response(error, keep_alive=False, headers=cors))
-            return
-        try:
-            await self.prepare(route, resume_from, start)
-        except Unavailable as error:
-            await _send_quietly(
-                stream, sse_head(cors) + PREAMBLE + degraded_notice(route, error, resume_from)
-            )
-            return
-        if self.hub.stream_is_over(route.topics, resume_from):
-            # The client has every event of these closed topics: 204 makes an EventSource
-            # stop reconnecting for good.
-            await _send_quietly(stream, response(204, keep_alive=False, headers=cors))
-            return
-        head = sse_head(cors) + PREAMBLE
-        if request.method == "HEAD":
-            await _send_quietly(stream, head)
-            return
-        limits = self.limits
-        sock = stream.socket
-        self._stream_opened("sse")
-        opened = trio.current_time()
-        subscriber: Subscriber | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                subscriber = Subscriber(
-                    sink=SocketSink(sock),
-                    codec=SseCodec(envelope=route.flag("envelope")),
-                    nursery=nursery,
-                    cancel_scope=nursery.cancel_scope,
-                    position="",
-                    max_events=limits.queue_events,
-                    max_bytes=limits.queue_bytes,
-                    send_timeout=limits.send_timeout,
-                    name=f"sse {peer}",
-                    latency=self.hub.latency,
-                )
-                # The response head, broker.start and the replay's first frames leave in
-                # one write: a system call less per new stream.
-                subscriber.cork()
-                subscriber.send_control(head)
-                with self.hub.subscribe(
-                    subscriber, route.topics, resume_from=resume_from, start_at=start
-                ):
-                    subscriber.uncork()
-                    if identity.expires is None:  # no cancel scope held by an idle stream
-                        await _wait_until_closed(sock)
-                    else:
-                        with trio.move_on_at(stream_deadline(identity)) as expiry:
-                            await _wait_until_closed(sock)
-                        if expiry.cancelled_caught:
-                            end_on_expiry(subscriber, identity)
-                            await trio.sleep_forever()  # the writer ends us once it is out
-                    subscriber.end("gone")
-        finally:
-            self._stream_closed("sse")
-            if subscriber is not None:
-                _log_closed("sse", peer, opened, subscriber)
+                hold = min(error.wait_seconds + 0.005, MAX_RATE_HOLD_SECONDS)
+            return error_response(error, keep_alive=request.keep_alive, headers=cors), hold
 
 
-def end_on_expiry(subscriber: Subscriber, identity: Identity) -> None:
-    """End an SSE stream whose token expired: ``broker.auth_expired`` (no id), then close."""
-    log.info("%s: token expired, stream closed", subscriber)
-    notice = subscriber.codec.notice("broker.auth_expired", None, expired_notice(identity))
-    subscriber.close(notice, "auth_expired")
+class RawSseTransport:
+    """SSE on the data plane's raw socket (a :class:`~.session.StreamTransport`).
 
-
-def publish(
-    hub: Hub,
-    policy: Policy,
-    route: Route,
-    headers: Mapping[str, str],
-    body: bytes,
-    peer: str,
-) -> Answer | Coroutine[None, None, Answer]:
-    """Decode, admit and publish one ``POST /topics/{topic}`` or ``POST /publish`` body.
-
-    Both planes answer publishes with this, so they decode and judge them alike. The
-    engine decides how: on the in-memory/mesh engine the event is published before this
-    returns (no checkpoint, the answer is a dict); on a store (Redis) the answer is a
-    coroutine the caller awaits, which returns once the store has the events.
-
-    Returns:
-        the ``202`` answer's JSON, or a coroutine that returns it.
-
-    Raises:
-        ClientError: bad body, topic or type; auth or rate refusals; a closed topic;
-            ``Unavailable`` (503) from the coroutine when the store is unreachable.
+    The response head goes out corked with ``broker.start`` and the replay; the client's
+    leaving is seen on the raw descriptor.
     """
-    content_type = headers.get("content-type")
-    if route.kind == "batch":
-        items = codecs.decode_batch(content_type, body)
-        policy.admit_publish(route, headers, peer, [i.topic for i in items], time.monotonic())
-        if hub.store is None:  # the in-memory/mesh engine: publish now, no checkpoint
-            return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
-        return _publish_stored(hub, items, batch=True)
-    policy.admit_publish(route, headers, peer, [route.topics[0]], time.monotonic())
-    event_type = check_event_type(route.param("event"))
-    data, is_json = codecs.decode_body(content_type, body)
-    if hub.store is None:
-        event = hub.publish_nowait(
-            route.topics[0],
-            data,
-            event_type=event_type,
-            is_json=is_json,
-            retain=route.flag("retain"),
-            final=route.flag("final"),
-        )
-        return {"id": event.id, "topic": event.topic}
-    item = PublishItem(route.topics[0], data, event_type, is_json)
-    return _publish_stored(
-        hub, [item], batch=False, retain=route.flag("retain"), final=route.flag("final")
-    )
 
+    __slots__ = ("cors", "head_only", "route", "stream")
+    kind = "sse"
 
-async def _publish_stored(
-    hub: Hub,
-    items: list[PublishItem],
-    *,
-    batch: bool,
-    retain: bool = False,
-    final: bool = False,
-) -> Answer:
-    event_ids = await hub.publish(items, retain=retain, final=final)
-    if batch:
-        return {"ids": event_ids}
-    return {"id": event_ids[0], "topic": items[0].topic}
+    def __init__(
+        self, stream: trio.SocketStream, route: Route, cors: Headers, *, head_only: bool
+    ) -> None:
+        self.stream = stream
+        self.route = route
+        self.cors = cors
+        self.head_only = head_only
+
+    async def refuse(self, error: ClientError) -> None:
+        await _send_quietly(self.stream, error_response(error, keep_alive=False, headers=self.cors))
+
+    async def degrade(self, error: Unavailable, resume_from: str | None) -> None:
+        notice = degraded_notice(self.route, error, resume_from)
+        await _send_quietly(self.stream, sse_head(self.cors) + PREAMBLE + notice)
+
+    async def over(self) -> bool:
+        # The client has every event of these closed topics: 204 makes an EventSource
+        # stop reconnecting for good.
+        await _send_quietly(self.stream, response(204, keep_alive=False, headers=self.cors))
+        return True
+
+    async def accept(self) -> bytes | None:
+        head = sse_head(self.cors) + PREAMBLE
+        if self.head_only:
+            await _send_quietly(self.stream, head)
+            return None
+        return head
+
+    def sink(self) -> Sink:
+        return SocketSink(self.stream.socket)
+
+    def codec(self) -> Codec:
+        return SseCodec(envelope=self.route.flag("envelope"))
+
+    async def serve(
+        self, subscriber: Subscriber, nursery: trio.Nursery, identity: Identity
+    ) -> None:
+        await _wait_until_closed(self.stream.socket)
+
+    async def finish(self, subscriber: Subscriber) -> None:
+        pass
 
 
 _SAFE_ID: Final = re.compile(r"[A-Za-z0-9._~:-]*")
@@ -617,43 +441,12 @@ def answer_body(payload: Answer) -> bytes:
 _JSON_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def degraded_notice(route: Route, error: Unavailable, resume_from: str | None) -> bytes:
-    """What an SSE request gets while the store is unreachable: a notice, then the end.
-
-    The answer is ``200`` because a browser never reconnects after any other status; the
-    jittered ``retry:`` spreads the reconnections, and the notice's id is the client's
-    own id (when it is a plain id) so the browser resumes from where it was.
-    """
-    retry_ms = int(error.retry_after * 1000 * random.uniform(1.0, 2.0))
-    event_id = resume_from if resume_from and _PLAIN_ID.fullmatch(resume_from) else ""
-    return SseCodec(envelope=route.flag("envelope")).notice(
-        "broker.degraded",
-        event_id,
-        {"reason": "store unreachable", "position": event_id, "retry_ms": retry_ms},
-        retry_ms,
-    )
-
-
 def sse_head(cors: Headers) -> bytes:
     """The response head of an SSE stream."""
     if not cors:
         return SSE_HEAD
     extra = "".join(f"{name}: {value}\r\n" for name, value in cors).encode("latin-1")
     return SSE_HEAD[:-2] + extra + b"\r\n"
-
-
-def _log_closed(transport: str, peer: str, opened: float, subscriber: Subscriber) -> None:
-    log.info(
-        "stream closed transport=%s peer=%s topics=%d duration_s=%.1f delivered=%d "
-        "dropped=%d reason=%s",
-        transport,
-        peer,
-        len(subscriber.topics),
-        trio.current_time() - opened,
-        subscriber.delivered,
-        subscriber.mailbox.dropped,
-        subscriber.end_reason or "gone",
-    )
 
 
 async def _wait_until_closed(sock: trio.socket.SocketType) -> None:

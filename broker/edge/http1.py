@@ -255,8 +255,6 @@ class HttpConnection:
         self._pos = 0
         self._fresh = True
         self._burst = 0
-        #: Seconds to wait before reading the next request (a rate-limited client).
-        self.hold = 0.0
 
     def _append(self, chunk: bytes) -> None:
         if self._pos >= len(self._data):

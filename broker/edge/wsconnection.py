@@ -6,7 +6,9 @@ server sends on the socket, pongs and acks included, goes through the connection
 :class:`~broker.hub.subscriber.Subscriber`, so a control frame never lands inside a partly
 written event frame.
 
-The connection task is the reader. It answers pings, runs commands, and watches the peer:
+The stream opens like every other (``session.open_stream``: admit, prepare, subscribe);
+:class:`WebSocketTransport` is what is particular to WebSocket: the upgrade, and the
+connection task, which is the reader. It answers pings, runs commands, and watches the peer:
 after ``ping_interval`` seconds without a byte from the client it sends a ping, and a
 client that then stays silent for ``ping_timeout`` seconds is dropped. Any exit (client
 gone, close frame, eviction, shutdown, error) leaves the ``with hub.subscribe`` scope and
@@ -24,20 +26,14 @@ the reader goes on answering pings and close frames meanwhile. At most
 Replies are bounded (issue 17). Acks, command errors and pongs share the subscriber's
 outbound budget with events (``subscriber.py``): a client that sends commands but does not
 read their answers fills it, and is then closed with 1008 and a log line; the reader stops
-reading it at once, so neither its commands nor its replies can grow the broker.
-
-A stream opened with a token ends when the token expires (``expires_at``, trio time): the
-client gets a ``broker.auth_expired`` notice (no id: its position is unchanged), then close
-1008, and reconnects with a fresh token and its last id.
+reading it at once, so neither its commands nor its replies can grow the broker. After any
+close frame of ours the connection lingers (:func:`_linger`) so the client can read it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import socket
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -56,14 +52,15 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from ..core.errors import BadRequest, ClientError
-from ..hub import Hub, PublishItem
-from ..hub.replay import StartAt
-from ..hub.subscriber import SocketSink, Subscriber
+from ..hub import Hub, PublishItem, Unavailable
+from ..hub.subscriber import Codec, Sink, SocketSink, Subscriber
 from ..wire import websocket
 from ..wire.commands import Command, error_payload, parse_command
-from .auth import ANONYMOUS, Forbidden, Identity
+from .auth import Forbidden, Identity
+from .http1 import error_response
 from .policy import Policy
 from .routes import Route
+from .session import Streams
 
 log = logging.getLogger(__name__)
 
@@ -87,109 +84,111 @@ class WsOptions:
     allow_publish: bool = False
 
 
-async def serve_websocket(
-    stream: trio.SocketStream,
-    raw_request: bytes,
-    after_head: bytes,
-    route: Route,
-    *,
-    hub: Hub,
-    options: WsOptions,
-    queue_events: int,
-    queue_bytes: int,
-    send_timeout: float,
-    max_topics: int,
-    resume_from: str | None,
-    start_at: StartAt | None = None,
-    policy: Policy | None = None,
-    identity: Identity = ANONYMOUS,
-    peer: str = "?",
-    on_close: Callable[[Subscriber], None] | None = None,
-    expires_at: float = math.inf,
-    expired_notice: dict[str, Any] | None = None,
-) -> None:
-    """Upgrade the connection and serve one WebSocket subscriber until it ends.
+class WebSocketTransport:
+    """A WebSocket subscriber on the data plane (a :class:`~.session.StreamTransport`).
 
-    ``expires_at`` (trio time) ends the stream with a ``broker.auth_expired`` notice
-    carrying ``expired_notice``, then close 1008: the token that opened it has expired.
+    Refusals before the upgrade are HTTP answers; once the handshake is done the connection
+    task is :meth:`serve`, the reader (see the module docstring).
     """
-    handshake = H11Handshake(ConnectionType.SERVER)
-    try:
-        handshake.receive_data(raw_request)
-        upgrade = next((e for e in handshake.events() if isinstance(e, Request)), None)
-    except RemoteProtocolError as exc:
-        upgrade = None
-        log.info("bad WebSocket handshake: %s", exc)
-    if upgrade is None:
-        error = BadRequest("not a valid WebSocket upgrade request")
-        body = error.body()
-        await _send_quietly(
-            stream,
-            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body,
-        )
-        return
-    binary = route.param("format") == "msgpack"
-    subprotocol = None
-    if websocket.SUBPROTOCOL_MSGPACK in upgrade.subprotocols:
-        subprotocol, binary = websocket.SUBPROTOCOL_MSGPACK, True
-    elif websocket.SUBPROTOCOL_JSON in upgrade.subprotocols:
-        subprotocol, binary = websocket.SUBPROTOCOL_JSON, False
-    if not await _send_quietly(stream, handshake.send(AcceptConnection(subprotocol=subprotocol))):
-        return
-    # wsproto's server handshake drops bytes that came with the upgrade request; keep them.
-    connection = Connection(ConnectionType.SERVER, trailing_data=after_head)
-    sock = stream.socket
-    async with trio.open_nursery() as nursery:
-        subscriber = Subscriber(
-            sink=SocketSink(sock),
-            codec=websocket.WsCodec(binary=binary),
-            nursery=nursery,
-            cancel_scope=nursery.cancel_scope,
-            position="",
-            max_events=queue_events,
-            max_bytes=queue_bytes,
-            send_timeout=send_timeout,
-            name=f"ws {_peer(sock)}",
-            latency=hub.latency,
-        )
+
+    __slots__ = (
+        "_binary",
+        "after_head",
+        "cors",
+        "options",
+        "peer",
+        "raw_request",
+        "route",
+        "stream",
+        "streams",
+    )
+    kind = "ws"
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        raw_request: bytes,
+        after_head: bytes,
+        route: Route,
+        cors: list[tuple[str, str]],
+        *,
+        streams: Streams,
+        options: WsOptions,
+        peer: str = "?",
+    ) -> None:
+        self.stream = stream
+        self.raw_request = raw_request
+        self.after_head = after_head
+        self.route = route
+        self.cors = cors
+        self.streams = streams
+        self.options = options
+        self.peer = peer
+        self._binary = route.param("format") == "msgpack"
+
+    async def refuse(self, error: ClientError) -> None:
+        await _send_quietly(self.stream, error_response(error, keep_alive=False, headers=self.cors))
+
+    async def degrade(self, error: Unavailable, resume_from: str | None) -> None:
+        await self.refuse(error)  # 503 + Retry-After: the client library retries
+
+    async def over(self) -> bool:
+        return False  # the replay ends the stream with broker.end, like a live final event
+
+    async def accept(self) -> bytes | None:
+        handshake = H11Handshake(ConnectionType.SERVER)
+        try:
+            handshake.receive_data(self.raw_request)
+            upgrade = next((e for e in handshake.events() if isinstance(e, Request)), None)
+        except RemoteProtocolError as exc:
+            upgrade = None
+            log.info("%s: bad WebSocket handshake: %s", self.peer, exc)
+        if upgrade is None:
+            await self.refuse(BadRequest("not a valid WebSocket upgrade request"))
+            return None
+        subprotocol = None
+        if websocket.SUBPROTOCOL_MSGPACK in upgrade.subprotocols:
+            subprotocol, self._binary = websocket.SUBPROTOCOL_MSGPACK, True
+        elif websocket.SUBPROTOCOL_JSON in upgrade.subprotocols:
+            subprotocol, self._binary = websocket.SUBPROTOCOL_JSON, False
+        accepted = handshake.send(AcceptConnection(subprotocol=subprotocol))
+        if not await _send_quietly(self.stream, accepted):
+            return None
+        return b""
+
+    def sink(self) -> Sink:
+        return SocketSink(self.stream.socket)
+
+    def codec(self) -> Codec:
+        return websocket.WsCodec(binary=self._binary)
+
+    async def serve(
+        self, subscriber: Subscriber, nursery: trio.Nursery, identity: Identity
+    ) -> None:
+        # wsproto's server handshake drops bytes that came with the upgrade request; keep them.
+        connection = Connection(ConnectionType.SERVER, trailing_data=self.after_head)
         session = _Session(
-            hub,
+            self.streams.hub,
             subscriber,
             connection,
-            options,
-            max_topics,
-            policy or Policy(),
+            self.options,
+            self.streams.limits.max_topics_per_subscription,
+            self.streams.policy,
             identity,
-            peer,
+            self.peer,
             nursery,
         )
-        with hub.subscribe(subscriber, route.topics, resume_from=resume_from, start_at=start_at):
-            try:
-                with trio.move_on_at(expires_at) as expiry:
-                    await session.read_loop(sock)
-                if expiry.cancelled_caught:
-                    log.info("%s: token expired, stream closed", subscriber)
-                    notice = session.codec.notice(
-                        "broker.auth_expired", None, expired_notice or {"reason": "token expired"}
-                    )
-                    closing = websocket.close_frame(
-                        websocket.CLOSE_POLICY_VIOLATION, "token expired"
-                    )
-                    subscriber.close(notice + closing, "auth_expired")
-            except Exception:
-                log.exception("%s: internal error", subscriber)
-                subscriber.close(websocket.close_frame(websocket.CLOSE_INTERNAL_ERROR))
-            try:
-                if subscriber.closing:
-                    await trio.sleep_forever()  # the writer ends us once the close is out
-                subscriber.end("gone")
-            finally:
-                if on_close is not None:
-                    on_close(subscriber)
-    if subscriber.end_reason in _SENT_CLOSE:
-        await _linger(sock)
+        try:
+            await session.read_loop(self.stream.socket)
+        except Exception:
+            log.exception("%s: internal error", subscriber)
+            subscriber.close(websocket.close_frame(websocket.CLOSE_INTERNAL_ERROR))
+        if subscriber.closing:
+            await trio.sleep_forever()  # the writer ends us once the close is out
+
+    async def finish(self, subscriber: Subscriber) -> None:
+        if subscriber.end_reason in _SENT_CLOSE:
+            await _linger(self.stream.socket)
 
 
 class _Session:
@@ -391,7 +390,7 @@ class _Session:
             identity = self.identity
             self.policy.rate.take(
                 f"sub:{identity.subject}" if identity.subject else f"ip:{self.peer}",
-                time.monotonic(),
+                trio.current_time(),  # the clock the HTTP publishes' limiter reads too
             )
             if not hub.synchronous:  # the store keeps it: the command task awaits it
                 return PublishItem(
@@ -434,11 +433,3 @@ async def _send_quietly(stream: trio.SocketStream, data: bytes) -> bool:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False
     return True
-
-
-def _peer(sock: trio.socket.SocketType) -> str:
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"

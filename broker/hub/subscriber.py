@@ -99,6 +99,11 @@ class Codec(Protocol):
     @property
     def ended(self) -> bytes: ...
 
+    @property
+    def expired(self) -> bytes:
+        """Written after ``broker.auth_expired`` (WebSocket: a close frame)."""
+        ...
+
     def frame(self, event: Event) -> bytes: ...
 
     def notice(
@@ -141,14 +146,16 @@ class Subscriber:
     Args:
         sink: where bytes go.
         codec: how events and notices are framed for this client.
-        nursery: the connection's nursery, where the writer task runs while needed.
-        cancel_scope: cancelled by :meth:`end` to finish the connection.
+        nursery: the stream's nursery, where the writer task runs while needed; :meth:`end`
+            cancels it to finish the stream.
         position: the id the client's stream is at (its start position).
         max_events, max_bytes: the mailbox bounds.
         send_timeout: seconds a client may fall behind (take fewer bytes than it is fed,
             or none) before it is evicted.
         name: for log lines (peer address).
         latency: where queued deliveries record how long they waited.
+        cancel_scope: what :meth:`end` cancels instead of the nursery's own scope (tests
+            that drive a subscriber without a connection).
     """
 
     __slots__ = (
@@ -184,13 +191,13 @@ class Subscriber:
         sink: Sink,
         codec: Codec,
         nursery: trio.Nursery,
-        cancel_scope: trio.CancelScope,
         position: str,
         max_events: int,
         max_bytes: int,
         send_timeout: float,
         name: str = "subscriber",
         latency: LatencyHistogram | None = None,
+        cancel_scope: trio.CancelScope | None = None,
     ) -> None:
         self.latency = latency
         self.sink = sink
@@ -198,7 +205,7 @@ class Subscriber:
         self.frame = codec.frame
         self.mailbox = Mailbox(max_events=max_events, max_bytes=max_bytes)
         self._nursery = nursery
-        self._cancel_scope = cancel_scope
+        self._cancel_scope = nursery.cancel_scope if cancel_scope is None else cancel_scope
         self.position = position
         self.send_timeout = send_timeout
         self.name = name

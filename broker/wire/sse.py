@@ -85,6 +85,7 @@ class SseCodec:
 
     goodbye: Final = b""
     ended: Final = b""
+    expired: Final = b""
 
     def __init__(self, *, envelope: bool = False) -> None:
         self.envelope = envelope

@@ -16,7 +16,7 @@ from tests.support.waiting import wait_for
 async def test_1000_subscriber_churn_leaves_nothing_behind(task_count):
     with trio.fail_after(120):
         async with open_broker_server(stream={"queue_events": 4}) as server:
-            await wait_for(lambda: server.dataplane.connections == 0, timeout=20)
+            await wait_for(lambda: server.dataplane.statistics().connections == 0, timeout=20)
             baseline = task_count()
             pad = "p" * 20_000
             async with httpx.AsyncClient(base_url=server.url) as client:
@@ -45,8 +45,8 @@ async def test_1000_subscriber_churn_leaves_nothing_behind(task_count):
             stats = server.hub.statistics()
             assert stats.subscriptions == 0
             assert stats.dropped > 0
-            await wait_for(lambda: server.dataplane.connections == 0, timeout=20)
-            assert server.dataplane.streams == 0
+            await wait_for(lambda: server.dataplane.statistics().connections == 0, timeout=20)
+            assert server.streams.statistics().open == 0
             await wait_for(lambda: task_count() == baseline, timeout=20)
 
 
@@ -154,7 +154,7 @@ async def test_idle_and_slow_connections_are_closed_but_streams_are_not():
             assert await _closed_by_server(half_head) == b""
             assert await _closed_by_server(half_body) == b""
             assert trio.current_time() - opened < 5
-            await wait_for(lambda: server.dataplane.connections == 1, timeout=20)
+            await wait_for(lambda: server.dataplane.statistics().connections == 1, timeout=20)
             # The stream outlived the idle timeout several times over and still delivers.
             await trio.sleep(1.5)
             async with httpx.AsyncClient(base_url=server.url) as client:

@@ -100,7 +100,7 @@ async def test_frozen_client_is_evicted_and_others_keep_receiving():
             assert server.hub.statistics().subscribers == 1
             await frozen.aclose()
             await healthy.aclose()
-            await wait_for(lambda: server.dataplane.connections == 0)
+            await wait_for(lambda: server.dataplane.statistics().connections == 0)
 
 
 READER = """

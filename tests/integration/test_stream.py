@@ -130,12 +130,12 @@ async def test_keep_alive_publishes_on_one_connection():
                     assert answer.status_code == 202
                     ids.append(answer.json()["id"])
             assert len(set(ids)) == 50
-            assert server.dataplane.connections == 0 or await _settled(server)
+            assert server.dataplane.statistics().connections == 0 or await _settled(server)
             assert server.hub.statistics().published == 50
 
 
 async def _settled(server):
-    await wait_for(lambda: server.dataplane.connections == 0)
+    await wait_for(lambda: server.dataplane.statistics().connections == 0)
     return True
 
 

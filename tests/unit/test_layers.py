@@ -118,3 +118,20 @@ def test_every_layer_folder_exists_and_is_documented() -> None:
 def test_the_rule_itself(source: str, target: str, allowed: bool) -> None:
     """The checker is not vacuous: it refuses an upward and a sideways import."""
     assert _allowed(source, target) is allowed
+
+
+#: The edge's transports. Each opens streams through edge/session.py; none imports another,
+#: except that the listener (dataplane) hands WebSocket upgrades to wsconnection.
+ADAPTERS = {"broker.edge.dataplane", "broker.edge.asgi", "broker.edge.wsconnection"}
+DISPATCH = {("broker.edge.dataplane", "broker.edge.wsconnection")}
+
+
+def test_no_adapter_imports_another() -> None:
+    found = [
+        f"{_module_name(path)}:{line} imports {target}"
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        if _module_name(path) in ADAPTERS
+        for line, target in _imports(path)
+        if target in ADAPTERS and (_module_name(path), target) not in DISPATCH
+    ]
+    assert found == []
