@@ -128,4 +128,8 @@ class Policy:
         except ValueError:
             return False
         host = headers.get("host")
-        return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
+        return (
+            parts.scheme in ("http", "https")
+            and bool(host)
+            and parts.netloc.lower() == str(host).lower()
+        )
