@@ -68,7 +68,6 @@ Handoff = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 #: Longest pause before reading a rate-limited connection's next request.
 MAX_RATE_HOLD_SECONDS: Final = 5.0
 
-
 class _After(enum.Enum):
     """What becomes of a connection after a request."""
 
