@@ -77,6 +77,8 @@ class AuthSettings:
     audience: str = ""
     issuer: str = ""
     leeway_seconds: float = field(default=30.0, metadata=_range(0, 3600))
+    #: Refuse tokens without ``exp`` (a token that never expires is a standing credential).
+    require_exp: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,6 +200,7 @@ def policy_from(settings: Settings) -> Policy:
             audience=auth.audience,
             issuer=auth.issuer,
             leeway_seconds=auth.leeway_seconds,
+            require_exp=auth.require_exp,
         ),
         cors=CorsPolicy(settings.cors.allow_origins, settings.cors.allow_credentials),
         rate=RateLimiter(limits.publish_rate, limits.publish_burst),

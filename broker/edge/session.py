@@ -4,7 +4,8 @@ Theory of operation. A stream opens in the same steps whichever transport carrie
 the data plane's raw socket, SSE on a connection hypercorn serves, WebSocket), and
 :func:`open_stream` is those steps, written once:
 
-1. **admit**: the policy judges the request (auth, connection limits) and names the client;
+1. **admit**: the policy judges the request (auth, connection limits, and for a WebSocket
+   upgrade its ``Origin``: ``policy.py``) and names the client;
 2. **where to start**: the resume id (``Last-Event-ID`` or ``last_event_id``) and the start
    options (``last``, ``since``);
 3. **prepare**: the engine gets ready. On the mesh a client that was on another node waits
@@ -18,7 +19,11 @@ the data plane's raw socket, SSE on a connection hypercorn serves, WebSocket), a
 6. **subscribe**: a :class:`~broker.hub.subscriber.Subscriber` in the stream's own nursery,
    registered by the hub's ``subscribe`` scope while the transport waits for the client to
    leave. Leaving the scope unregisters it whatever the reason (client gone, eviction,
-   shutdown, error), and the nursery takes the writer task with it;
+   shutdown, error, the token's expiry), and the nursery takes the writer task with it.
+   A stream opened with a token lives no longer than the token: at its ``exp`` (plus
+   leeway, turned into trio time once, here) the stream gets ``broker.auth_expired`` with
+   no id (the client's position is unchanged; it reconnects with a fresh token and resumes
+   exactly) and the codec's ``expired`` bytes (WebSocket: close 1008), then ends;
 7. **log**: one line per closed stream, counted in :class:`Streams`.
 
 A :class:`StreamTransport` is what differs between transports: how to refuse, how to answer
@@ -32,6 +37,7 @@ fan-out stays atomic (STYLE rule 7), and on a store it awaits the store's acknow
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import time
@@ -175,7 +181,7 @@ async def open_stream(
     """
     hub = streams.hub
     try:
-        identity = streams.policy.admit_subscribe(route, headers)
+        identity = streams.policy.admit_subscribe(route, headers, upgrade=transport.kind == "ws")
         resume_from, start = stream_options(route, headers)
     except ClientError as error:
         await transport.refuse(error)
@@ -220,7 +226,14 @@ async def open_stream(
                 subscriber.send_control(first)
             with hub.subscribe(subscriber, route.topics, resume_from=resume_from, start_at=start):
                 subscriber.uncork()
-                await transport.serve(subscriber, nursery, identity)
+                if identity.expires is None:  # no cancel scope held by an idle stream
+                    await transport.serve(subscriber, nursery, identity)
+                else:
+                    with trio.move_on_at(stream_deadline(identity)) as expiry:
+                        await transport.serve(subscriber, nursery, identity)
+                    if expiry.cancelled_caught:
+                        _end_on_expiry(subscriber, identity)
+                        await trio.sleep_forever()  # the writer ends us once it is out
                 subscriber.end("gone")
     finally:
         streams._closed(transport.kind)
@@ -229,6 +242,30 @@ async def open_stream(
     assert subscriber is not None  # made first thing in the nursery, which ended normally
     await transport.finish(subscriber)
     return identity
+
+
+def stream_deadline(identity: Identity) -> float:
+    """The trio time at which a stream opened with ``identity`` ends (``inf``: never).
+
+    The token's ``exp`` (plus leeway) is wall-clock time; it is turned into trio time once,
+    when the stream opens, so the stream's timer is an ordinary trio deadline.
+    """
+    if identity.expires is None:
+        return math.inf
+    return trio.current_time() + (identity.expires - time.time())
+
+
+def _end_on_expiry(subscriber: Subscriber, identity: Identity) -> None:
+    """End a stream whose token expired: ``broker.auth_expired`` (no id), then close."""
+    log.info("%s: token expired, stream closed", subscriber)
+    payload = {
+        "reason": "the token that opened this stream expired; reconnect with a fresh one "
+        "and your last event id",
+        "expired_at": identity.expires,
+    }
+    codec = subscriber.codec
+    notice = codec.notice("broker.auth_expired", None, payload)
+    subscriber.close(notice + codec.expired, "auth_expired")
 
 
 def stream_options(route: Route, headers: Mapping[str, str]) -> tuple[str | None, StartAt | None]:

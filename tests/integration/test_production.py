@@ -116,7 +116,8 @@ async def test_public_key_algorithms(tmp_path, algorithm):
             open_broker_server(**tables) as server,
             httpx.AsyncClient(base_url=server.url) as client,
         ):
-            signed = jwt.encode({"publish": ["**"]}, private, algorithm=algorithm)
+            claims = {"publish": ["**"], "exp": time.time() + 600}
+            signed = jwt.encode(claims, private, algorithm=algorithm)
             ok = await client.post(
                 "/topics/a", json=1, headers={"Authorization": f"Bearer {signed}"}
             )
