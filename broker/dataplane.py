@@ -202,6 +202,7 @@ class DataPlane:
         #: Scopes cancelled by ``make_room`` (their connections close without an answer).
         self._shed: set[trio.CancelScope] = set()
         self._room_waiters: list[tuple[int, trio.Event]] = []
+        self._closed = 0  # connections closed so far
         #: Heads or bodies answered 408, and connections closed by ``make_room``.
         self.timeouts = 0
         self.shed = 0
@@ -243,7 +244,9 @@ class DataPlane:
             scope.cancel()
         self.shed += len(victims)
         closed = trio.Event()
-        self._room_waiters.append((self.connections - len(victims), closed))
+        # Counted in closures, not open connections: a handler that was started but has
+        # not run yet is not counted in ``connections`` until it runs.
+        self._room_waiters.append((self._closed + len(victims), closed))
         with trio.move_on_after(MAKE_ROOM_WAIT_SECONDS):
             await closed.wait()
         self._room_waiters = [w for w in self._room_waiters if w[1] is not closed]
@@ -251,9 +254,10 @@ class DataPlane:
 
     def _connection_closed(self) -> None:
         self.connections -= 1
+        self._closed += 1
         if self._room_waiters:
             for target, event in self._room_waiters:
-                if self.connections <= target:
+                if self._closed >= target:
                     event.set()
 
     async def prepare(self, route: Route, resume_from: str | None, start: StartAt | None) -> None:

@@ -11,14 +11,14 @@ import json
 import os
 import select
 import socket
-import time
 
 import trio
 
 from tests.support.servers import BrokerProcess, open_broker_server
-from tests.support.sse_client import open_sse
 
-PUBLISH = b"POST /topics/good HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+PUBLISH = (
+    b"POST /topics/good HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+)
 
 
 async def read_to_end(stream: trio.abc.ReceiveStream) -> bytes:
@@ -237,7 +237,8 @@ async def test_slowloris_against_a_full_descriptor_table_does_not_stop_good_clie
                 for _ in range(5):
                     latencies.append(await _timed_publish(broker.port))
                     await trio.sleep(0.1)
-                assert broker.proc is not None and broker.proc.poll() is None
+                assert broker.proc is not None
+                assert broker.proc.poll() is None
                 attackers.cancel_scope.cancel()
         print("good client latencies (s):", " ".join(f"{t:.3f}" for t in latencies))
         assert max(latencies) < 2.0
