@@ -67,11 +67,11 @@ async def test_a_slow_head_is_answered_408_and_closed_but_an_idle_keep_alive_is_
             answer = await read_to_end(kept)
             assert answer.startswith(b"HTTP/1.1 408 ")
             assert trio.current_time() - started < 2.0
-            assert server.dataplane.timeouts == 2
+            assert server.dataplane.statistics().request_timeouts == 2
             for stream in (kept, silent, slow):
                 await stream.aclose()
             with trio.fail_after(5):
-                while server.dataplane.connections:
+                while server.dataplane.statistics().connections:
                     await trio.sleep(0.01)
 
 
@@ -133,7 +133,7 @@ async def test_connections_over_the_per_address_limit_are_refused_before_their_h
             for stream in slow:
                 await stream.aclose()
             with trio.fail_after(5):
-                while limiter.total or server.dataplane.connections:
+                while limiter.total or server.dataplane.statistics().connections:
                     await trio.sleep(0.01)
 
 
@@ -167,7 +167,7 @@ async def test_413_is_read_by_a_client_that_keeps_sending():
                 assert answer.startswith(b"HTTP/1.1 413 ")
                 assert json_body(answer)["code"] == "payload_too_large"
             with trio.fail_after(5):
-                while server.dataplane.connections:
+                while server.dataplane.statistics().connections:
                     await trio.sleep(0.01)
 
 
