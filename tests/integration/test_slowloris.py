@@ -73,6 +73,7 @@ async def test_a_slow_head_is_answered_408_and_closed_but_an_idle_keep_alive_is_
             with trio.fail_after(5):
                 while server.dataplane.statistics().connections:
                     await trio.sleep(0.01)
+            assert server.dataplane._waiting == {}
 
 
 async def test_a_body_below_the_minimum_rate_is_answered_408():
@@ -135,6 +136,8 @@ async def test_connections_over_the_per_address_limit_are_refused_before_their_h
             with trio.fail_after(5):
                 while limiter.total or server.dataplane.statistics().connections:
                     await trio.sleep(0.01)
+            assert server.dataplane._waiting == {}
+            assert limiter.by_ip == {}
 
 
 def _send_too_much(port: int) -> tuple[bytes, str]:
