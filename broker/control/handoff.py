@@ -66,6 +66,7 @@ class ControlPlane:
     Args:
         asgi_app: the application (the quart-trio app with the hot-route middleware).
         keep_alive_timeout: seconds an idle kept-alive connection stays open.
+        handshake_timeout: seconds a TLS handshake may take.
         graceful_timeout: seconds requests get to finish at shutdown.
         ssl_context: for TLS connections (HTTP/2 by ALPN); ``None`` refuses TLS.
     """
@@ -75,12 +76,14 @@ class ControlPlane:
         asgi_app: Any,
         *,
         keep_alive_timeout: float = 60.0,
+        handshake_timeout: float = 10.0,
         graceful_timeout: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.ssl_context = ssl_context
         config = Config()
         config.keep_alive_timeout = keep_alive_timeout
+        config.ssl_handshake_timeout = handshake_timeout
         config.graceful_timeout = graceful_timeout
         config.accesslog = None
         config.errorlog = logging.getLogger("broker.hypercorn")

@@ -74,6 +74,11 @@ class Limits:
     max_body_bytes: int = 1024 * 1024
     max_head_bytes: int = 16 * 1024
     idle_timeout: float = 60.0
+    #: Seconds a request head may take to arrive (and a body's grace before its rate counts;
+    #: neither longer than ``idle_timeout``).
+    head_timeout: float = 10.0
+    #: Bytes a second a body must average after its grace; 0: a body gets ``idle_timeout``.
+    min_body_rate: int = 1024
     queue_events: int = 1024
     queue_bytes: int = 4 * 1024 * 1024
     send_timeout: float = 30.0
