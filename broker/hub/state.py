@@ -16,9 +16,11 @@ import trio
 
 from ..core import positions
 from ..core.guard import Faults
-from .engine import Store
+from ..core.items import PublishItem
+from .engine import Engine, Store, StoreEngine
 from .events import Event
 from .history import TopicHistory
+from .memory import MemoryEngine
 from .subscriber import LatencyHistogram, Subscriber
 
 #: Base reconnection delay announced to clients (SSE ``retry:``).
@@ -52,6 +54,8 @@ class HubBase:
     behind: Callable[[str | None], bool]  # replicated.py: the client saw more than we have
     wait_caught_up: Callable[[str, float], Awaitable[bool]]  # replicated.py
     _shutdown_notice: Callable[[Subscriber], bytes]  # hub.py: broker.shutdown + goodbye
+    publish_nowait: Callable[..., Event]  # publishing.py: the memory engine's append
+    publish_batch_nowait: Callable[[Iterable[PublishItem]], list[Event]]  # publishing.py
 
     def __init__(
         self,
@@ -90,8 +94,11 @@ class HubBase:
         self._delivered_by_gone = 0
         self._dropped_by_gone = 0
         self.evicted = 0
-        #: The external store (Redis engine), or ``None``: the hub keeps events itself.
-        self.store: Store | None = None
+        self._store: Store | None = None
+        #: Where events are ordered and kept (``engine.py``); the memory engine by default.
+        self.engine: Engine = MemoryEngine(self)
+        #: Publishing is synchronous (``publish_nowait``): the engine keeps no external store.
+        self.synchronous = True
         #: Internal errors contained per connection (core/guard.py): every part of the server
         #: that serves connections reaches this node's counters through its hub.
         self.faults = Faults()
@@ -103,6 +110,13 @@ class HubBase:
         self._held: list[Subscriber] = []
 
     @property
-    def synchronous(self) -> bool:
-        """Publishing is synchronous (``publish_nowait``): the in-memory/mesh engine."""
-        return self.store is None
+    def store(self) -> Store | None:
+        """The external store that orders and keeps events (the Redis engine), if any."""
+        return self._store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        """Make ``store`` the hub's engine (the engine does this as it starts)."""
+        self._store = store
+        self.engine = StoreEngine(store, self._topics)
+        self.synchronous = self.engine.synchronous
