@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 
 import jwt
 from hypothesis import example, given
@@ -26,8 +27,18 @@ BROKER_ENV = {
     "BROKER_WEBSOCKET_ALLOW_PUBLISH": "true",
 }
 
+#: Tokens must expire ([auth] require_exp): a day from now (the suite is not that slow).
+EXP = int(time.time()) + 86400
+
 GOOD = jwt.encode(
-    {"publish": ["**"], "subscribe": ["**"], "sub": "fuzz", "aud": "fz", "iss": "fz-issuer"},
+    {
+        "publish": ["**"],
+        "subscribe": ["**"],
+        "sub": "fuzz",
+        "aud": "fz",
+        "iss": "fz-issuer",
+        "exp": EXP,
+    },
     SECRET,
     "HS256",
 )
@@ -53,10 +64,9 @@ claims = st.fixed_dictionaries(
     {
         "aud": st.one_of(st.just("fz"), st.just(["x", "fz"]), claim_values),
         "iss": st.one_of(st.just("fz-issuer"), claim_values),
+        "exp": st.one_of(st.just(EXP), claim_values),
     },
-    optional={
-        name: claim_values for name in ("publish", "subscribe", "sub", "exp", "nbf", "iat", "jti")
-    },
+    optional={name: claim_values for name in ("publish", "subscribe", "sub", "nbf", "iat", "jti")},
 )
 headers = st.fixed_dictionaries(
     {"alg": st.sampled_from(["HS256", "none", "HS512", "RS256", "ES256", ""])},
