@@ -166,7 +166,7 @@ class HotRoutes:
         cors: list[tuple[bytes, bytes]],
     ) -> None:
         try:
-            self.policy.admit_subscribe(route, headers)
+            identity = self.policy.admit_subscribe(route, headers)
             resume_from, start = stream_options(route, headers)
         except ClientError as error:
             await _answer_error(send, error, cors)
@@ -206,6 +206,9 @@ class HotRoutes:
                 send_timeout=limits.send_timeout,
                 name=f"sse(asgi) {scope.get('client')}",
                 latency=self.hub.latency,
+                transport="h2" if scope.get("http_version") == "2" else "sse",
+                remote=_client_address(scope),
+                subject=identity.subject,
             )
             with self.hub.subscribe(
                 subscriber, route.topics, resume_from=resume_from, start_at=start
@@ -252,6 +255,14 @@ async def _answer_error(
     send: Any, error: ClientError, cors: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     await _answer(send, error.status, error.body(), _raw(error_headers(error)) + (cors or []))
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    if not client:
+        return "?"
+    host, port = client[0], client[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

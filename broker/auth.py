@@ -8,7 +8,8 @@ Rules, checked once per request at the edge:
 - with no key configured, auth is off and everyone may do everything;
 - publishing always needs a token whose ``publish`` patterns cover the topic;
 - subscribing needs one whose ``subscribe`` patterns cover every topic, unless the topic
-  matches ``anonymous_subscribe``.
+  matches ``anonymous_subscribe``;
+- the admin API and page (``admin.py``) need a token with the claim ``"admin": true``.
 401 means "no usable token" (missing, malformed, expired, wrongly signed); 403 means "a valid
 token that does not allow this". Both say why in the JSON body.
 """
@@ -64,6 +65,8 @@ class Identity:
     publish: tuple[str, ...] = ()
     subscribe: tuple[str, ...] = ()
     token: bool = False
+    #: The token's ``admin`` claim is ``true``: the admin API and page (``admin.py``).
+    admin: bool = False
 
 
 ANONYMOUS: Final = Identity()
@@ -126,6 +129,7 @@ class Authenticator:
             publish=_patterns(claims.get("publish")),
             subscribe=_patterns(claims.get("subscribe")),
             token=True,
+            admin=claims.get("admin") is True,
         )
 
     def check_publish(self, identity: Identity, topics: Iterable[str]) -> None:

@@ -443,7 +443,7 @@ class DataPlane:
     ) -> None:
         connection.finish_bodyless(request)
         try:
-            self.policy.admit_subscribe(route, request.headers)
+            identity = self.policy.admit_subscribe(route, request.headers)
             resume_from, start = stream_options(route, request.headers)
         except ClientError as error:
             await _send_quietly(stream, error_response(error, keep_alive=False, headers=cors))
@@ -482,6 +482,9 @@ class DataPlane:
                     send_timeout=limits.send_timeout,
                     name=f"sse {peer}",
                     latency=self.hub.latency,
+                    transport="sse",
+                    remote=_peer_address(sock),
+                    subject=identity.subject,
                 )
                 # The response head, broker.start and the replay's first frames leave in
                 # one write: a system call less per new stream.
@@ -642,6 +645,14 @@ async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
         await stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+
+
+def _peer_address(sock: trio.socket.SocketType) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _peer_ip(sock: trio.socket.SocketType) -> str:

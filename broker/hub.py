@@ -28,6 +28,7 @@ The hub's parts, one module per concept (each docstring has the details):
 * **Subscriptions** (``subscriptions.py``): ``prepare``, ``subscribe``, topics added/removed.
 * **Retention** (``retention.py``): retained and final events; clearing, forgetting.
 * **Store** (``store.py``): the interface of an external store, and what engines share.
+* **Stats feed** (``statsfeed.py``): once-a-second samples for the admin page.
 
 This module joins them into :class:`Hub` with its lifetime (heartbeats, shutdown,
 statistics) and :func:`open_hub`.
@@ -46,6 +47,7 @@ from .hubbase import DEFAULT_RETRY_MS, _Topic
 from .publishing import Publishing
 from .replicated import Replicated
 from .retention import Retention
+from .statsfeed import INTERVAL_SECONDS as STATS_INTERVAL_SECONDS
 from .store import NotSupported, PublishItem, Store, Unavailable
 from .subscriber import Subscriber
 from .subscriptions import Subscriptions
@@ -153,6 +155,7 @@ async def open_hub(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_heartbeat_task, hub, heartbeat_seconds)
         nursery.start_soon(_flusher_task, hub)
+        nursery.start_soon(_stats_task, hub)
         try:
             yield hub
         finally:
@@ -165,6 +168,13 @@ async def _heartbeat_task(hub: Hub, heartbeat_seconds: float) -> None:
     while True:
         await trio.sleep(heartbeat_seconds / 2)
         hub.heartbeat_nowait()
+
+
+async def _stats_task(hub: Hub) -> None:
+    """Sample the hub once a second for the admin page (``statsfeed.py``)."""
+    while True:
+        await trio.sleep(STATS_INTERVAL_SECONDS)
+        hub.stats_feed.tick(hub, trio.current_time())
 
 
 async def _flusher_task(hub: Hub) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .admin import install_admin
 from .app import create_app
 from .asgi import HotRoutes
 from .auth import Authenticator
@@ -123,8 +124,9 @@ async def serve(
             metrics=make_registry(lambda: running),
         )
         catchup = settings.cluster.catchup_seconds if clustered else 0.0
-        app.asgi_app = HotRoutes(  # type: ignore[method-assign]
-            app.asgi_app, hub, limits, policy, catchup_seconds=catchup
+        hot = HotRoutes(app.asgi_app, hub, limits, policy, catchup_seconds=catchup)
+        app.asgi_app = install_admin(  # type: ignore[method-assign]
+            app, hot, lambda: running, policy
         )
         tls = settings.tls
         control = ControlPlane(

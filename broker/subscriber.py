@@ -18,8 +18,10 @@ away, when a write fails, when the client stops reading for ``send_timeout`` sec
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import time
 from bisect import bisect_left
 from collections import deque
 from typing import Any, Final, Protocol
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Most bytes joined into one write by the writer; the rest stays droppable in the mailbox.
 BATCH_BYTES: Final = 64 * 1024
+
+#: Connection ids, unique in this process (the admin API names connections by them).
+_ids = itertools.count(1)
 
 
 class LatencyHistogram:
@@ -124,30 +129,40 @@ class Subscriber:
         send_timeout: seconds a client may take no bytes before it is evicted.
         name: for log lines (peer address).
         latency: where queued deliveries record how long they waited.
+        transport: ``sse``, ``ws`` or ``h2`` (the admin API shows it).
+        remote: the client's address, ``host:port`` (the admin API shows it).
+        subject: the token's subject, if any (the admin API shows it).
     """
 
     __slots__ = (
         "_backlog",
         "_cancel_scope",
+        "_close_reason",
         "_control",
         "_corked",
         "_final",
         "_nursery",
         "_tail",
         "busy",
+        "bytes_out",
         "codec",
         "delivered",
         "end_reason",
         "ended",
         "frame",
+        "id",
         "latency",
         "mailbox",
         "name",
+        "opened_at",
         "position",
+        "remote",
         "seen_writes",
         "send_timeout",
         "sink",
+        "subject",
         "topics",
+        "transport",
     )
 
     def __init__(
@@ -163,7 +178,16 @@ class Subscriber:
         send_timeout: float,
         name: str = "subscriber",
         latency: LatencyHistogram | None = None,
+        transport: str = "sse",
+        remote: str = "?",
+        subject: str | None = None,
     ) -> None:
+        self.id = next(_ids)
+        self.transport = transport
+        self.remote = remote
+        self.subject = subject
+        self.opened_at = time.time()  # wall clock: shown as data, never used for timing
+        self.bytes_out = 0
         self.latency = latency
         self.sink = sink
         self.codec = codec
@@ -185,6 +209,7 @@ class Subscriber:
         self.seen_writes = 0
         self.ended = False
         self.end_reason = ""
+        self._close_reason = "closed"
 
     def __str__(self) -> str:
         return self.name
@@ -207,7 +232,7 @@ class Subscriber:
     def offer_notice(self, frame: bytes, event_id: str) -> None:
         """Deliver a notice that sets the stream position (``broker.start``/``reset``)."""
         if self.busy:
-            self.mailbox.put_nowait(frame, event_id)
+            self.mailbox.put_nowait(frame, event_id, trio.current_time())
         elif not self.ended:
             self.position = event_id
             self._write_through(frame)
@@ -286,12 +311,34 @@ class Subscriber:
         self._final = b""  # in flight: the stream ends once it is written
         self._write_through(final_frame)
         if not self.busy:
-            self.end("closed")
+            self.end(self._close_reason)
 
     @property
     def closing(self) -> bool:
         """A final frame is being flushed; the connection ends once it is written."""
         return self._final is not None and not self.ended
+
+    def disconnect(self, final_frame: bytes, grace_seconds: float) -> None:
+        """End the stream on an operator's request, telling the client why first.
+
+        What is queued is discarded (a stalled client would never take it); ``final_frame``
+        follows any partly written frame, and the connection ends once it is written or
+        after ``grace_seconds``, whichever comes first. The end reason is ``disconnected``.
+        """
+        if self.ended:
+            return
+        self._close_reason = "disconnected"
+        self.mailbox.clear()
+        self._backlog = ()
+        if self._final is None:
+            self.close(final_frame)
+        if not self.ended:
+            self._nursery.start_soon(self._deadline_task, grace_seconds)
+
+    def lag(self, now: float) -> float:
+        """Seconds the oldest queued frame has waited (0 when nothing is queued)."""
+        oldest = self.mailbox.oldest()
+        return 0.0 if oldest is None else max(0.0, now - oldest)
 
     def end(self, reason: str) -> None:
         """End the connection now (idempotent); pending frames are discarded."""
@@ -313,6 +360,7 @@ class Subscriber:
         except SinkBroken:
             self.end("gone")
             return
+        self.bytes_out += sent
         if sent < len(frame):
             self._tail = memoryview(frame)[sent:]
             self.busy = True
@@ -351,14 +399,19 @@ class Subscriber:
                     log.info("%s: evicted, took no bytes for %.0f s", self, self.send_timeout)
                     self.end("evicted")
                     return
+                self.bytes_out += sent
                 self._tail = memoryview(data)[sent:] if sent < len(data) else b""
                 if not self._tail and self._final == b"" and not len(mailbox):
-                    self.end("closed")
+                    self.end(self._close_reason)
                     return
         except SinkBroken:
             self.end("gone")
         finally:
             self.busy = False
+
+    async def _deadline_task(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.end(self._close_reason)
 
     def _take_backlog(self) -> bytes:
         backlog, frame = self._backlog, self.frame

@@ -130,6 +130,9 @@ async def serve_websocket(
             send_timeout=send_timeout,
             name=f"ws {_peer(sock)}",
             latency=hub.latency,
+            transport="ws",
+            remote=_peer(sock),
+            subject=identity.subject,
         )
         session = _Session(
             hub,
