@@ -7,6 +7,7 @@ import httpx
 import jwt
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.integration.test_slow_clients import open_unread_socket
@@ -83,6 +84,17 @@ async def test_a_stalled_client_ranks_first_by_lag_among_real_sse_and_ws_clients
                         refused = await client.get(f"/admin/api/connections?{bad}")
                         assert refused.status_code == 400
                         assert refused.json()["code"] == "bad_request"
+
+                    # Prometheus sees the same: the oldest lag and a lag histogram.
+                    metrics = (await client.get("/metrics")).text
+                    samples = {
+                        sample.name: sample.value
+                        for family in text_string_to_metric_families(metrics)
+                        for sample in family.samples
+                        if not sample.labels.get("le")
+                    }
+                    assert samples["broker_subscriber_lag_max_seconds"] > 0
+                    assert samples["broker_subscriber_lag_seconds_count"] == 3
 
                     # The stalled client is cut off by the operator even though it never reads.
                     gone = await client.delete(f"/admin/api/connections/{first['id']}")
