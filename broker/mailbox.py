@@ -45,7 +45,16 @@ class Mailbox:
         max_bytes: most bytes held; one frame larger than this is still held alone.
     """
 
-    __slots__ = ("_frames", "_unreported", "bytes", "dropped", "max_bytes", "max_events", "peak")
+    __slots__ = (
+        "_dropped_since",
+        "_frames",
+        "_unreported",
+        "bytes",
+        "dropped",
+        "max_bytes",
+        "max_events",
+        "peak",
+    )
 
     def __init__(self, *, max_events: int, max_bytes: int) -> None:
         self.max_events = max(1, max_events)
@@ -56,6 +65,8 @@ class Mailbox:
         self.peak = 0
         self.dropped = 0
         self._unreported = 0
+        #: When the oldest frame dropped since the last take was queued (for the lag).
+        self._dropped_since: float | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -68,15 +79,25 @@ class Mailbox:
         frames.append((frame, event_id, queued_at))
         self.bytes += len(frame)
         while len(frames) > 1 and (len(frames) > self.max_events or self.bytes > self.max_bytes):
-            old, _, _ = frames.popleft()
+            old, _, old_at = frames.popleft()
             self.bytes -= len(old)
             self.dropped += 1
+            if not self._unreported:
+                self._dropped_since = old_at
             self._unreported += 1
         if len(frames) > self.peak:
             self.peak = len(frames)
 
     def oldest(self) -> float | None:
         """When the oldest queued frame was queued (``None`` if empty)."""
+        return self._frames[0][2] if self._frames else None
+
+    def waiting_since(self) -> float | None:
+        """When the oldest event the client has neither received nor been told it lost was
+        queued: the oldest dropped since the last take, else the oldest queued (``None``:
+        nothing waits). A client that stopped reading keeps this time while drops go on."""
+        if self._dropped_since is not None:
+            return self._dropped_since
         return self._frames[0][2] if self._frames else None
 
     def take(self, max_bytes: int) -> tuple[list[bytes], str | None, int]:
@@ -88,6 +109,7 @@ class Mailbox:
         """
         frames = self._frames
         taken: list[bytes] = []
+        self._dropped_since = None
         if not frames:
             dropped, self._unreported = self._unreported, 0
             return taken, None, dropped
@@ -108,6 +130,7 @@ class Mailbox:
         """Forget everything queued (the connection is gone)."""
         self._frames = ()
         self.bytes = 0
+        self._dropped_since = None
 
     def statistics(self) -> MailboxStatistics:
         return MailboxStatistics(len(self._frames), self.bytes, self.peak, self.dropped)

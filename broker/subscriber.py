@@ -336,9 +336,13 @@ class Subscriber:
             self._nursery.start_soon(self._deadline_task, grace_seconds)
 
     def lag(self, now: float) -> float:
-        """Seconds the oldest queued frame has waited (0 when nothing is queued)."""
-        oldest = self.mailbox.oldest()
-        return 0.0 if oldest is None else max(0.0, now - oldest)
+        """Age of the oldest event not yet delivered (nor reported lost); 0 when none waits.
+
+        Events dropped from a full queue still count until the drop notice is written, so a
+        client that stopped reading shows how long ago it stopped, not the queue's span.
+        """
+        since = self.mailbox.waiting_since()
+        return 0.0 if since is None else max(0.0, now - since)
 
     def end(self, reason: str) -> None:
         """End the connection now (idempotent); pending frames are discarded."""
