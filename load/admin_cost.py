@@ -5,7 +5,7 @@
 Each run starts a fresh broker twice (the order alternates between runs, so drift on a shared
 machine hits both alike) and runs the ``fanout`` scenario's paced case (N subscribers,
 20 events/s, latency stamped by pubload, read by ssesub). With the page "open", ``--viewers``
-threads do what ``broker/static/admin.js`` does: hold ``/admin/api/stream`` open and poll
+threads do what ``broker/control/static/admin.js`` does: hold ``/admin/api/stream`` open and poll
 ``connections`` and ``topics`` every 2 s and ``cluster`` every 5 s. Prints one JSON object:
 every run's figures, the medians and the ratio on/off of p50, p99 and CPU per delivery.
 """

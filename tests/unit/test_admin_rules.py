@@ -2,10 +2,10 @@
 
 import pytest
 
-from broker.admin import _is_loopback, admit
-from broker.auth import Authenticator, Forbidden, Unauthorized
-from broker.hubbase import _Topic
-from broker.policy import Policy
+from broker.control.admin import _is_loopback, admit
+from broker.edge.auth import Authenticator, Forbidden, Unauthorized
+from broker.edge.policy import Policy
+from broker.hub.state import _Topic
 
 
 @pytest.mark.parametrize(
