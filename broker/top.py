@@ -169,7 +169,7 @@ def render(snapshot: dict[str, Any], *, url: str, width: int, color: bool, sort:
                 _bytes(c["queue_bytes"]),
                 _num(c["dropped"]),
                 _num(c["delivered"]),
-                _bytes(c["bytes_per_second"]) + "/s",
+                "-" if c["bytes_per_second"] is None else _bytes(c["bytes_per_second"]) + "/s",
                 _duration(c["age_seconds"]),
                 topic_list,
             ]

@@ -157,17 +157,19 @@ class AdminView:
         chosen = heapq.nlargest(limit, subscribers, key=key)
         rows = [self._row(subscriber, now) for subscriber in chosen]
         # bytes/s is measured between calls, for the connections shown.
-        self._seen = {s.id: (now, s.bytes_out) for s in chosen}
+        self._seen = {r["id"]: (now, r["bytes_out"]) for r in rows if r["bytes_out"] is not None}
         return {"total": len(subscribers), "sort": sort, "connections": rows}
 
     def _row(self, subscriber: Subscriber, now: float) -> dict[str, Any]:
         mailbox = subscriber.mailbox
         age = max(0.0, time.time() - subscriber.opened_at)
+        bytes_out = subscriber.bytes_out()
         previous = self._seen.get(subscriber.id)
-        if previous is not None and now - previous[0] > 0.2:
-            rate = (subscriber.bytes_out - previous[1]) / (now - previous[0])
-        else:
-            rate = subscriber.bytes_out / age if age > 0.2 else 0.0
+        rate: float | None = None
+        if bytes_out is not None and previous is not None and now - previous[0] > 0.2:
+            rate = max(0.0, (bytes_out - previous[1]) / (now - previous[0]))
+        elif bytes_out is not None and age > 0.2:
+            rate = bytes_out / age
         topics = sorted(subscriber.topics)
         if subscriber.ended:
             state = "ended"
@@ -191,8 +193,8 @@ class AdminView:
             "queue_bytes": mailbox.bytes,
             "dropped": mailbox.dropped,
             "lag_seconds": round(subscriber.lag(now), 3),
-            "bytes_out": subscriber.bytes_out,
-            "bytes_per_second": round(max(0.0, rate), 1),
+            "bytes_out": bytes_out,
+            "bytes_per_second": None if rate is None else round(rate, 1),
             "state": state,
         }
 

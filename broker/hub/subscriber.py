@@ -21,6 +21,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
+import struct
 import time
 from bisect import bisect_left
 from collections import deque
@@ -35,6 +37,11 @@ log = logging.getLogger(__name__)
 
 #: Most bytes joined into one write by the writer; the rest stays droppable in the mailbox.
 BATCH_BYTES: Final = 64 * 1024
+
+#: Linux ``struct tcp_info``: the offset of ``tcpi_bytes_acked`` (u64, since 4.1) and a size
+#: that reaches past it.
+_TCP_INFO_BYTES_ACKED: Final = 120
+_TCP_INFO_BYTES: Final = 232
 
 #: Connection ids, unique in this process (the admin API names connections by them).
 _ids = itertools.count(1)
@@ -113,6 +120,16 @@ class SocketSink:
         except OSError as exc:
             raise SinkBroken(str(exc)) from None
 
+    def bytes_acked(self) -> int | None:
+        """Bytes the peer acknowledged (Linux ``TCP_INFO``), or ``None`` where unavailable."""
+        try:
+            info = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+        except (OSError, AttributeError):  # not Linux, not TCP, or closed
+            return None
+        if len(info) < _TCP_INFO_BYTES_ACKED + 8:
+            return None
+        return int(struct.unpack_from("=Q", info, _TCP_INFO_BYTES_ACKED)[0])
+
     async def send(self, data: bytes | memoryview) -> int:
         while True:
             await trio.lowlevel.wait_writable(self._sock)
@@ -151,7 +168,6 @@ class Subscriber:
         "_nursery",
         "_tail",
         "busy",
-        "bytes_out",
         "codec",
         "delivered",
         "end_reason",
@@ -194,7 +210,6 @@ class Subscriber:
         self.remote = remote
         self.subject = subject
         self.opened_at = time.time()  # wall clock: shown as data, never used for timing
-        self.bytes_out = 0
         self.latency = latency
         self.sink = sink
         self.codec = codec
@@ -342,6 +357,14 @@ class Subscriber:
         if not self.ended:
             self._nursery.start_soon(self._deadline_task, grace_seconds)
 
+    def bytes_out(self) -> int | None:
+        """Bytes the client has taken, from the kernel (``None`` where the sink cannot say).
+
+        Read when asked (admin API), so delivery counts nothing per write.
+        """
+        acked = getattr(self.sink, "bytes_acked", None)
+        return acked() if acked is not None else None
+
     def lag(self, now: float) -> float:
         """Age of the oldest event not yet delivered (nor reported lost); 0 when none waits.
 
@@ -371,7 +394,6 @@ class Subscriber:
         except SinkBroken:
             self.end("gone")
             return
-        self.bytes_out += sent
         if sent < len(frame):
             self._tail = memoryview(frame)[sent:]
             self.busy = True
@@ -410,7 +432,6 @@ class Subscriber:
                     log.info("%s: evicted, took no bytes for %.0f s", self, self.send_timeout)
                     self.end("evicted")
                     return
-                self.bytes_out += sent
                 self._tail = memoryview(data)[sent:] if sent < len(data) else b""
                 if not self._tail and self._final == b"" and not len(mailbox):
                     self.end(self._close_reason)

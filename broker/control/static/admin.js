@@ -344,7 +344,7 @@ function renderSlow(answer) {
       cell(fmtBytes(row.queue_bytes), 'num'),
       cell(fmtNum(row.dropped), 'num'),
       cell(fmtNum(row.delivered), 'num'),
-      cell(fmtBytes(row.bytes_per_second) + '/s', 'num'),
+      cell(row.bytes_per_second === null ? '–' : fmtBytes(row.bytes_per_second) + '/s', 'num'),
       cell(fmtDur(row.age_seconds), 'num'),
     );
     tr.lastChild.title = new Date(row.connected_since * 1000).toISOString();
