@@ -3,8 +3,9 @@
 Control plane only (hypercorn, the quart-trio app): nothing here runs per event. Every row
 is computed when asked from state the hub keeps anyway: its subscriber registry (with the
 transport, address and token subject each connection recorded when it opened), each
-mailbox's depth and the enqueue time of its oldest frame (the lag), each topic's publish
-count and one-minute buckets (``hub.state._Topic.note_publish``).
+mailbox's depth and the enqueue time of its oldest undelivered frame (the lag), each
+topic's publish count and one-minute buckets (``hub.state._Topic.note_publish``), and the
+bytes each client's TCP acknowledged (``TCP_INFO``, read for the rows shown).
 
 Routes (JSON unless said otherwise):
 
