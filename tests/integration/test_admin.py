@@ -250,3 +250,44 @@ async def test_the_stats_stream_sends_the_recent_past_then_a_sample_a_second():
             await stream.aclose()
             await wait_for(lambda: not server.hub.stats_feed.watchers)
             assert server.hub.statistics().subscribers == 0
+
+
+async def test_an_http2_stream_is_listed_as_h2_and_can_be_disconnected():
+    with trio.fail_after(15):
+        async with (
+            open_broker_server() as server,
+            httpx.AsyncClient(http1=False, http2=True, timeout=10) as h2,
+            httpx.AsyncClient(base_url=server.url) as admin,
+        ):
+            async with h2.stream("GET", f"{server.url}/topics/two/events") as stream:
+                assert stream.http_version == "HTTP/2"
+                lines = stream.aiter_lines()
+                async for line in lines:
+                    if line.startswith("event: broker.start"):
+                        break
+                (row,) = (await admin.get("/admin/api/connections")).json()["connections"]
+                assert row["transport"] == "h2"
+                assert row["topics"] == ["two"]
+                assert row["remote"].startswith("127.0.0.1:")
+                assert (await admin.delete(f"/admin/api/connections/{row['id']}")).is_success
+                seen = [line async for line in lines]
+                assert "event: broker.disconnected" in seen
+            await wait_for(lambda: server.hub.statistics().subscribers == 0)
+
+
+async def test_clients_cannot_reach_the_internal_stats_topic():
+    with trio.fail_after(10):
+        async with open_broker_server() as server, httpx.AsyncClient(base_url=server.url) as c:
+            for method, path in (
+                ("GET", "/topics/$broker/stats/events"),
+                ("GET", "/topics/%24broker/stats/events"),
+                ("POST", "/topics/$broker/stats"),
+                ("GET", "/events?topic=$broker/stats"),
+            ):
+                answer = await c.request(method, path, json={} if method == "POST" else None)
+                assert answer.status_code == 400, path
+                assert answer.json()["code"] == "bad_topic"
+            batch = await c.post(
+                "/publish", json={"events": [{"topic": "$broker/stats", "data": 1}]}
+            )
+            assert batch.status_code == 400
