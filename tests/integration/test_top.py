@@ -105,3 +105,65 @@ async def test_errors_are_one_line_and_a_token_is_sent(capsys, monkeypatch):
         assert err.startswith("broker top: cannot reach")
         code, _, err = await top(capsys, "--url", server.url, "--limit", "0")
         assert code == 2
+
+
+def _interact(url: str) -> tuple[int, str]:
+    """Run ``broker top`` on a pseudo-terminal: read a frame, press s, then d + Enter, q."""
+    import pty
+    import select
+    import subprocess
+
+    main_fd, child_fd = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "160", "LINES": "40"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "top", "--url", url, "--interval", "0.2"],
+        stdin=child_fd,
+        stdout=child_fd,
+        stderr=child_fd,
+        env=env,
+        close_fds=True,
+    )
+    os.close(child_fd)
+    screen = b""
+
+    def read_until(marker: bytes, timeout: float = 10) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while marker not in screen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {marker!r} in {screen[-2000:]!r}"
+            if select.select([main_fd], [], [], left)[0]:
+                screen += os.read(main_fd, 65536)
+
+    try:
+        read_until(b"sort (lag)")
+        os.write(main_fd, b"s")
+        read_until(b"CONNECTIONS by queue")
+        os.write(main_fd, b"d")
+        read_until(b"disconnect connection id [")
+        os.write(main_fd, b"\n")  # Enter: the top row
+        read_until(b"disconnected ")
+        os.write(main_fd, b"q")
+        code = proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main_fd)
+    return code, screen.decode(errors="replace")
+
+
+async def test_interactive_keys_sort_and_disconnect_on_a_terminal():
+    with trio.fail_after(30):
+        async with open_broker_server(stream={"queue_events": 16}) as server:
+            stalled = await open_unread_socket(server.url, "/topics/big/events")
+            await wait_for(lambda: server.hub.statistics().subscribers == 1)
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                for n in range(40):
+                    await client.post("/topics/big", json={"n": n, "pad": "x" * 32_000})
+            code, screen = await trio.to_thread.run_sync(_interact, server.url)
+            assert code == 0
+            assert "\x1b[?25h" in screen  # the cursor is given back
+            assert "127.0.0.1:" in screen
+            await wait_for(lambda: server.hub.statistics().subscribers == 0, 5)
+            await stalled.aclose()
