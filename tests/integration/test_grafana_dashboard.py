@@ -1,4 +1,5 @@
-"""docs/grafana-dashboard.json only queries metrics a real broker exports (and they move)."""
+"""docs/grafana-dashboard.json only queries metrics a real broker exports (and they move);
+the admin API's cluster view of the same two-node mesh."""
 
 from __future__ import annotations
 
@@ -66,6 +67,14 @@ async def test_every_metric_the_dashboard_queries_is_exported():
             assert on_b["broker_peer_replication_delay_seconds"] >= 0
             assert on_b["broker_subscriber_lag_max_seconds"] == 0
             assert on_b["broker_subscriber_lag_seconds_count"] == 1
+            async with httpx.AsyncClient(base_url=b.url) as client:
+                cluster = (await client.get("/admin/api/cluster")).json()
+            assert cluster["engine"] == "mesh"
+            assert cluster["node"] == "b"
+            assert [(n["node"], n["state"]) for n in cluster["nodes"]] == [("a", "up")]
+            delays = {o["origin"]: o["delay_seconds"] for o in cluster["origins"]}
+            assert delays[a.hub.origin] >= 0  # replicated from a
+            assert delays[b.hub.origin] is None  # b's own
             await stalled.aclose()
             a.request_shutdown()
             b.request_shutdown()
