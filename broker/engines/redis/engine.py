@@ -71,6 +71,9 @@ class RedisEngine(Publishing, Starting, Following, Health):
             "reconnects": self.reconnects,
             "resets": self.resets,
             "failures": self.failures,
+            "last_commit_seconds": round(self.last_commit_seconds, 6)
+            if self.last_commit_seconds is not None
+            else None,
         }
 
 
