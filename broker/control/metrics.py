@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..hub.subscriber import LatencyHistogram
+from ..hub.latency import LatencyHistogram
 
 DEPTH_BOUNDS = (0, 1, 4, 16, 64, 256, 1024, 4096)
 LAG_BOUNDS = (0.0, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0)

@@ -19,9 +19,10 @@ from ..core.items import PublishItem
 from .engine import Engine, Store, StoreEngine
 from .events import Event
 from .history import TopicHistory
+from .latency import LatencyHistogram
 from .memory import MemoryEngine
 from .statsfeed import StatsFeed
-from .subscriber import LatencyHistogram, Subscriber
+from .subscriber import Subscriber
 
 #: Base reconnection delay announced to clients (SSE ``retry:``).
 DEFAULT_RETRY_MS: Final = 3000

@@ -39,13 +39,13 @@ import os
 import socket
 import struct
 import time
-from bisect import bisect_left
 from collections import deque
 from typing import Any, Final, Protocol
 
 import trio
 
 from .events import Event
+from .latency import LatencyHistogram
 from .mailbox import Mailbox
 
 log = logging.getLogger(__name__)
@@ -60,27 +60,6 @@ _TCP_INFO_BYTES: Final = 232
 
 #: Connection ids, unique in this process (the admin API names connections by them).
 _ids = itertools.count(1)
-
-
-class LatencyHistogram:
-    """How long queued frames waited before the kernel took them (fixed buckets).
-
-    Write-through deliveries never wait; they are counted in the first bucket by whoever
-    renders this (delivered minus queued).
-    """
-
-    BOUNDS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(self.BOUNDS) + 1)
-        self.total = 0.0
-        self.observed = 0
-
-    def observe(self, seconds: float, count: int = 1) -> None:
-        index = bisect_left(self.BOUNDS, seconds)
-        self.counts[index] += count
-        self.total += seconds * count
-        self.observed += count
 
 
 class SinkBroken(Exception):

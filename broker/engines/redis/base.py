@@ -15,7 +15,7 @@ from typing import Any, Final
 import trio
 
 from ...hub import Hub, Unavailable
-from ...hub.subscriber import LatencyHistogram
+from ...hub.latency import LatencyHistogram
 from . import entries
 from .address import RedisAddress
 from .cache import TopicCache
