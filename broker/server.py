@@ -20,7 +20,7 @@ import resource
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -250,7 +250,7 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
     stats: dict[str, Any] = {
         "connections": server.dataplane.statistics().connections,
         "streams": server.streams.statistics().open,
-        "handed_off_connections": server.control.connections,
+        "handed_off_connections": server.control.statistics().connections,
         "request_timeouts": server.dataplane.statistics().request_timeouts,
         "accept_failures": accept.failures,
         "connections_closed_for_room": server.dataplane.statistics().closed_for_room,
@@ -258,7 +258,7 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
     if server.cluster is not None:
         stats["cluster"] = server.cluster.statistics()
     if server.store is not None:
-        stats["cluster"] = server.store.statistics()
+        stats["cluster"] = asdict(server.store.statistics())
     return stats
 
 

@@ -36,6 +36,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -294,7 +295,7 @@ class AdminView:
                 lost=info["lost"],
             )
         if server.store is not None:
-            answer.update(engine="redis", store=server.store.statistics())
+            answer.update(engine="redis", store=asdict(server.store.statistics()))
         return answer
 
     def summary(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ scrapes, so instrumentation costs nothing per delivery.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,6 +21,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..hub.latency import LatencyHistogram
+
+if TYPE_CHECKING:  # importing the engine imports coredis: only when Redis is configured
+    from ..engines.redis.engine import RedisStatistics
 
 DEPTH_BOUNDS = (0, 1, 4, 16, 64, 256, 1024, 4096)
 LAG_BOUNDS = (0.0, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0)
@@ -44,7 +47,7 @@ class BrokerCollector(Collector):
         connections.add_metric(["sse"], streams.sse)
         connections.add_metric(["ws"], streams.ws)
         connections.add_metric(["http"], plane.connections - plane.streams)
-        connections.add_metric(["hypercorn"], server.control.connections)
+        connections.add_metric(["hypercorn"], server.control.statistics().connections)
         yield connections
         yield GaugeMetricFamily("broker_subscribers", "Open subscriber streams", stats.subscribers)
         yield GaugeMetricFamily(
@@ -165,7 +168,7 @@ class BrokerCollector(Collector):
             yield from _store_metrics(store.statistics(), store.commit_latency)
 
 
-#: The event store's counters (``RedisEngine.statistics``): name, help, statistics key.
+#: The event store's counters (``RedisStatistics``): name, help, field.
 STORE_COUNTERS = (
     ("broker_store_events_published", "Events the store acknowledged", "published"),
     ("broker_store_appends", "Publish round trips the store answered", "appends"),
@@ -188,19 +191,19 @@ STORE_COUNTERS = (
 )
 
 
-def _store_metrics(info: dict[str, Any], commits: LatencyHistogram) -> Iterator[Metric]:
+def _store_metrics(info: RedisStatistics, commits: LatencyHistogram) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         "broker_store_up", "1 while the event store is reachable", labels=["engine", "kind"]
     )
-    up.add_metric([info["engine"], info["kind"]], 1 if info["state"] == "up" else 0)
+    up.add_metric([info.engine, info.kind], 1 if info.state == "up" else 0)
     yield up
     yield GaugeMetricFamily(
         "broker_store_topics_followed",
         "Topics this node follows in the store",
-        info["tracked_topics"],
+        info.tracked_topics,
     )
     for name, documentation, key in STORE_COUNTERS:
-        yield CounterMetricFamily(name, documentation, info[key])
+        yield CounterMetricFamily(name, documentation, getattr(info, key))
     yield _waits(
         "broker_store_commit_seconds",
         "Publish round trips to the store, from send to its answer",
