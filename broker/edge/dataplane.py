@@ -398,7 +398,14 @@ class DataPlane:
         fault.where = transport.kind
         self._streaming += 1
         try:
-            await open_stream(self.streams, transport, route, request.headers, peer=peer)
+            await open_stream(
+                self.streams,
+                transport,
+                route,
+                request.headers,
+                peer=peer,
+                remote=_peer_address(stream.socket),
+            )
         finally:
             self._streaming -= 1
             fault.answered = transport.answered  # a fault after this gets no 500
@@ -748,6 +755,14 @@ class _ConnectionName:
         except OSError:
             return "http ?"
         return f"http {host}:{port}"
+
+
+def _peer_address(sock: trio.socket.SocketType) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _peer_ip(sock: trio.socket.SocketType) -> str:
