@@ -33,6 +33,6 @@ async def test_follower_fault_is_contained_and_the_event_read_instead(
                 assert (await client.post("/topics/watch", content=b"two")).status_code == 202
                 [event] = await watcher.events(1)
                 assert event.data == "two"
-            assert server.store.statistics()["state"] == "up"
+            assert server.store.statistics().state == "up"
             await watcher.aclose()
             server.request_shutdown()
