@@ -347,7 +347,7 @@ class DataPlane:
         retry_ms = int(self.hub.retry_ms * random.uniform(1.0, 3.0))
         if route.kind == "sse":
             # A store's positions are per subscription; an empty id there keeps none.
-            position = self.hub.position if self.hub.synchronous else ""
+            position = self.hub.position if self.hub.store is None else ""
             notice = SseCodec(envelope=route.flag("envelope")).notice(
                 "broker.overloaded", position, {"retry_ms": retry_ms}, retry_ms
             )
@@ -525,13 +525,13 @@ def publish(
     if route.kind == "batch":
         items = codecs.decode_batch(content_type, body)
         policy.admit_publish(route, headers, peer, [i.topic for i in items], time.monotonic())
-        if hub.store is None:  # the in-memory/mesh engine: publish now, no checkpoint
+        if hub.synchronous:  # the in-memory/mesh engine: publish now, no checkpoint
             return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
         return _publish_stored(hub, items, batch=True)
     policy.admit_publish(route, headers, peer, [route.topics[0]], time.monotonic())
     event_type = check_event_type(route.param("event"))
     data, is_json = codecs.decode_body(content_type, body)
-    if hub.store is None:
+    if hub.synchronous:
         event = hub.publish_nowait(
             route.topics[0],
             data,

@@ -29,6 +29,13 @@ The hub's parts, one module per concept (each docstring has the details):
 * **Retention** (``retention.py``): retained and final events; clearing, forgetting.
 * **Store** (``store.py``): the interface of an external store, and what engines share.
 
+The durable default. With a :class:`~broker.store.Journal` (the embedded store,
+``durable.py``) the hub still orders events and gives their ids, but a publish awaits
+(:meth:`Hub.publish`): the events get their ids at once, the journal commits them in
+groups, and they are delivered (and acknowledged) only then
+(:meth:`~broker.publishing.Publishing.deliver_committed`). Topics nobody uses for
+``topic_idle_seconds`` leave memory and are read back from the store when needed.
+
 This module joins them into :class:`Hub` with its lifetime (heartbeats, shutdown,
 statistics) and :func:`open_hub`.
 """
@@ -46,7 +53,7 @@ from .hubbase import DEFAULT_RETRY_MS, _Topic
 from .publishing import Publishing
 from .replicated import Replicated
 from .retention import Retention
-from .store import NotSupported, PublishItem, Store, Unavailable
+from .store import Journal, NotSupported, PublishItem, Store, Unavailable
 from .subscriber import Subscriber
 from .subscriptions import Subscriptions
 
@@ -54,6 +61,7 @@ __all__ = [
     "DEFAULT_RETRY_MS",
     "Hub",
     "HubStatistics",
+    "Journal",
     "NotSupported",
     "PublishItem",
     "Store",
@@ -118,6 +126,36 @@ class Hub(Publishing, Replicated, Subscriptions, Retention):
         )
         return notice + codec.goodbye
 
+    def attach_journal(self, journal: Journal) -> None:
+        """Go on from what the journal recovered: origin, position vector, index."""
+        recovered = journal.recovered  # type: ignore[attr-defined]
+        self.origin = recovered.origin
+        self._vector = dict(recovered.vector)
+        self._accepted = dict(recovered.vector)
+        self._seq = self._vector.get(self.origin, 0)
+        self._index = self._delivered_index = recovered.index
+        self.retired = dict(recovered.retired)
+        self.journal = journal
+        journal.attach(self)
+
+    def expire_topics(self, limit: int | None = None) -> int:
+        """One expiry round: topics unused for two rounds leave memory; return how many.
+
+        Only with a journal: their history, retained and closed state stay in the store.
+        """
+        self.round += 1
+        old = self.round - 2
+        closing = self._closing
+        gone = [
+            name
+            for name, state in self._topics.items()
+            if state.used <= old and not state.subscribers and name not in closing
+        ]
+        for name in gone:
+            del self._topics[name]
+            self._partial.discard(name)
+        return len(gone)
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -141,18 +179,29 @@ class Hub(Publishing, Replicated, Subscriptions, Retention):
 
 @asynccontextmanager
 async def open_hub(
-    *, heartbeat_seconds: float = 15.0, **hub_options: int | str | None
+    *,
+    heartbeat_seconds: float = 15.0,
+    journal: Journal | None = None,
+    topic_idle_seconds: float = 300.0,
+    **hub_options: int | str | None,
 ) -> AsyncIterator[Hub]:
     """Run a :class:`Hub` with its heartbeat task; the hub is closed on exit.
 
     Args:
         heartbeat_seconds: how often silent subscribers get a heartbeat.
+        journal: the durable store under the hub (``durable.open_journal``), or ``None``.
+        topic_idle_seconds: with a journal, a topic with no subscriber and no publish for
+            about this long leaves memory (its events stay in the store); 0: never.
         **hub_options: passed to :class:`Hub`.
     """
     hub = Hub(heartbeat_seconds=heartbeat_seconds, **hub_options)  # type: ignore[arg-type]
+    if journal is not None:
+        hub.attach_journal(journal)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_heartbeat_task, hub, heartbeat_seconds)
         nursery.start_soon(_flusher_task, hub)
+        if journal is not None and topic_idle_seconds > 0:
+            nursery.start_soon(_expiry_task, hub, topic_idle_seconds)
         try:
             yield hub
         finally:
@@ -165,6 +214,13 @@ async def _heartbeat_task(hub: Hub, heartbeat_seconds: float) -> None:
     while True:
         await trio.sleep(heartbeat_seconds / 2)
         hub.heartbeat_nowait()
+
+
+async def _expiry_task(hub: Hub, idle_seconds: float) -> None:
+    # A topic unused for two rounds of idle/2 leaves: between idle and 1.5 x idle.
+    while True:
+        await trio.sleep(idle_seconds / 2)
+        hub.expire_topics()
 
 
 async def _flusher_task(hub: Hub) -> None:

@@ -17,7 +17,7 @@ import trio
 from . import positions
 from .events import Event
 from .history import TopicHistory
-from .store import Store
+from .store import Journal, Store
 from .subscriber import LatencyHistogram, Subscriber
 
 #: Base reconnection delay announced to clients (SSE ``retry:``).
@@ -25,10 +25,12 @@ DEFAULT_RETRY_MS: Final = 3000
 
 
 class _Topic:
-    __slots__ = ("final", "history", "name", "retained", "subscribers", "tick")
+    __slots__ = ("final", "history", "name", "retained", "subscribers", "tick", "used")
 
-    def __init__(self, name: str, history_size: int) -> None:
+    def __init__(self, name: str, history_size: int, used: int = 0) -> None:
         self.name = name
+        #: The hub's expiry round when it was last published to or left (durable store).
+        self.used = used
         #: Events published since the flusher last ran, up to publishing._HOLD_AT, from which
         #: on its subscribers' writes are held until the flusher runs.
         self.tick = 0
@@ -51,6 +53,7 @@ class HubBase:
     behind: Callable[[str | None], bool]  # replicated.py: the client saw more than we have
     wait_caught_up: Callable[[str, float], Awaitable[bool]]  # replicated.py
     _shutdown_notice: Callable[[Subscriber], bytes]  # hub.py: broker.shutdown + goodbye
+    load_topics: Callable[[Iterable[str]], Awaitable[None]]  # retention.py (journal)
 
     def __init__(
         self,
@@ -68,6 +71,24 @@ class HubBase:
         self._seq = 0
         self._index = 0
         self._vector: dict[str, int] = {self.origin: 0}
+        #: Per origin, the last seq this node accepted. With a journal, events are accepted
+        #: (given ids) before they are committed and delivered, so this runs ahead of
+        #: ``_vector``; without one it is the same dict. The cluster orders by it.
+        self._accepted: dict[str, int] = self._vector
+        #: The durable store under the hub (``durable.py``), or ``None`` (memory only).
+        self.journal: Journal | None = None
+        #: Topics whose final event is accepted but not yet delivered (journal).
+        self._closing: set[str] = set()
+        #: Origins this node used before an operating-system crash, at the last seq that
+        #: survived it: a client past that saw events that are gone (``broker.reset``).
+        self.retired: dict[str, int] = {}
+        #: Topic expiry (journal): the current round, bumped by hub.py's expiry task.
+        self.round = 0
+        #: The index of the last event delivered (journal: ``_index`` runs ahead).
+        self._delivered_index = 0
+        #: Topics created in memory by a delivery while older events may be in the store
+        #: only (journal): a stream start reads them back first.
+        self._partial: set[str] = set()
         self._topics: dict[str, _Topic] = {}
         self._subscribers: dict[Subscriber, None] = {}
         self._closed = False
@@ -100,5 +121,6 @@ class HubBase:
 
     @property
     def synchronous(self) -> bool:
-        """Publishing is synchronous (``publish_nowait``): the in-memory/mesh engine."""
-        return self.store is None
+        """Publishing is synchronous (``publish_nowait``): the in-memory/mesh engine
+        without a journal (with one, a publish awaits its group commit)."""
+        return self.store is None and self.journal is None

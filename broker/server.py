@@ -18,8 +18,9 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -32,7 +33,7 @@ from .config import Settings
 from .controlplane import ControlPlane, server_ssl_context
 from .cors import CorsPolicy
 from .dataplane import DataPlane, Limits
-from .hub import Hub, open_hub
+from .hub import Hub, Journal, open_hub
 from .limits import ConnectionLimiter, RateLimiter
 from .metrics import make_registry
 from .policy import Policy
@@ -106,11 +107,14 @@ async def serve(
     grace = settings.shutdown.grace_seconds
     clustered = settings.cluster.enabled and settings.cluster.engine == "mesh"
     async with (
+        _maybe_journal(settings) as journal,
         open_hub(
             heartbeat_seconds=settings.stream.heartbeat_seconds,
             history_size=settings.history.size,
             retry_ms=settings.stream.retry_ms,
             log_size=settings.cluster.log_size if clustered else 0,
+            journal=journal,
+            topic_idle_seconds=settings.storage.topic_idle_seconds,
         ) as hub,
         _maybe_cluster(hub, settings) as cluster,
         _maybe_store(hub, settings) as store,
@@ -219,7 +223,38 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
         stats["cluster"] = server.cluster.statistics()
     if server.store is not None:
         stats["cluster"] = server.store.statistics()
+    journal = server.hub.journal
+    if journal is not None:
+        stats["storage"] = asdict(journal.statistics())  # type: ignore[attr-defined]
     return stats
+
+
+@asynccontextmanager
+async def _maybe_journal(settings: Settings) -> AsyncIterator[Journal | None]:
+    """The embedded durable store (``[storage] kind = "durable"``), unless Redis keeps the
+    events. A cluster node keeps its store in ``path/<node_id>``, so the nodes that
+    ``broker cluster`` starts on one machine never share one."""
+    storage = settings.storage
+    cluster = settings.cluster
+    if storage.kind != "durable" or (cluster.enabled and cluster.engine == "redis"):
+        yield None
+        return
+    from .durable import JournalOptions, open_journal  # imports lmdb
+
+    path = Path(storage.path)
+    if cluster.enabled and cluster.node_id:
+        path = path / cluster.node_id
+    options = JournalOptions(
+        path=str(path),
+        durability=storage.durability,
+        history_size=settings.history.size,
+        max_age_seconds=storage.max_age_seconds,
+        max_bytes=storage.max_bytes,
+        closed_ttl_seconds=storage.closed_ttl_seconds,
+        sweep_seconds=storage.sweep_seconds,
+    )
+    async with open_journal(options) as journal:
+        yield journal
 
 
 @asynccontextmanager

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .errors import ClientError
 from .replay import StartAt, StartPlan
+
+if TYPE_CHECKING:
+    from .events import Event
 
 
 class PublishItem(NamedTuple):
@@ -93,3 +96,38 @@ class Store(Protocol):
     def variant_id(self, topics: frozenset[str]) -> str:
         """The id of the event just delivered, for a subscriber of several topics."""
         ...
+
+
+class Journal(Protocol):
+    r"""A durable log *under* the hub (the embedded store, ``durable.py``).
+
+    Why not a :class:`Store`: a store orders events itself and hands out its own ids (the
+    Redis engine's stream ids); the embedded store keeps the hub's ordering and ids
+    (position vectors, so the mesh and resume work unchanged) and only makes them durable
+    before delivery. The hub gives a publish its ids, :meth:`append`\ s the events, and
+    the journal calls back ``hub.deliver_committed(events)`` once they are committed (or
+    ``hub.abandon_staged(events)`` when they could not be), in the order appended.
+    """
+
+    #: Why the store cannot write right now (``/readyz``), or ``None``.
+    problem: str | None
+
+    def attach(self, hub: Any) -> None:
+        """The hub to call back."""
+        ...
+
+    async def append(self, events: list[Event]) -> None:
+        """Return once the events are committed and delivered. Raises Unavailable."""
+        ...
+
+    def append_nowait(self, events: list[Event]) -> None:
+        """Queue events for the next commit without waiting (events from mesh peers)."""
+        ...
+
+    async def load(self, topics: Sequence[str]) -> list[Any]:
+        """Read topics that are not in memory (``durable.LoadedTopic``). Raises Unavailable."""
+        ...
+
+    async def forget(self, topic: str) -> bool: ...
+
+    async def clear_retained(self, topic: str, event_type: Any) -> int: ...

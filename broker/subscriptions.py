@@ -38,7 +38,13 @@ class Subscriptions(HubBase):
         """
         if self.store is not None:
             await self.store.prepare(frozenset(topics), resume_from, start_at)
-        elif catchup_seconds and self.behind(resume_from):
+            return
+        if self.journal is not None:
+            topics = list(topics)
+            missing = [t for t in topics if t not in self._topics or t in self._partial]
+            if missing:  # expired, or not read since the start: the store has them
+                await self.load_topics(missing)
+        if catchup_seconds and self.behind(resume_from):
             assert resume_from is not None
             await self.wait_caught_up(resume_from, catchup_seconds)
 
@@ -78,7 +84,12 @@ class Subscriptions(HubBase):
             )
         else:
             plan = plan_start(
-                self._vector, states, resume_from=resume_from, start_at=start_at, floor=self.floor
+                self._vector,
+                states,
+                resume_from=resume_from,
+                start_at=start_at,
+                floor=self.floor,
+                retired=self.retired,
             )
         subscriber.topics = topic_set
         self._subscribers[subscriber] = None
@@ -150,5 +161,6 @@ class Subscriptions(HubBase):
             if state is None:
                 continue
             state.subscribers.pop(subscriber, None)
+            state.used = self.round
             if state.idle():
                 del self._topics[topic]
