@@ -67,6 +67,7 @@ class StorageSettings:
     closed_ttl_seconds: float = field(default=7 * 86400.0, metadata=_range(0, 1e10))
     topic_idle_seconds: float = field(default=300.0, metadata=_range(0, 1e7))
     sweep_seconds: float = field(default=5.0, metadata=_range(0.05, 86400))
+    boot_id_file: str = "/proc/sys/kernel/random/boot_id"
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -52,7 +54,7 @@ import lmdb
 import msgpack
 import trio
 
-from . import positions
+from . import positions, storecheck
 from .events import Event
 from .store import Unavailable
 
@@ -63,7 +65,6 @@ log = logging.getLogger(__name__)
 MAP_SIZE: Final = 1 << 40
 #: Per-topic count retention trims when a topic holds this many more than history.size.
 TRIM_SLACK: Final = 32
-_BOOT_ID_FILE: Final = "/proc/sys/kernel/random/boot_id"
 _pack = msgpack.Packer(use_bin_type=True).pack
 _EIGHT: Final = 8
 
@@ -81,6 +82,7 @@ class JournalOptions:
         max_bytes: the store's size limit; the oldest events go first (0: no limit).
         closed_ttl_seconds: retained events and closed topics are kept this long.
         sweep_seconds: how often age, size and TTL retention run.
+        boot_id_file: where the kernel's boot id is read (tests point it elsewhere).
     """
 
     path: str
@@ -90,6 +92,7 @@ class JournalOptions:
     max_bytes: int = 0
     closed_ttl_seconds: float = 7 * 86400.0
     sweep_seconds: float = 5.0
+    boot_id_file: str = "/proc/sys/kernel/random/boot_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +169,10 @@ def _event(index: int, value: bytes) -> Event:
     )
 
 
-def boot_id() -> str:
-    """This kernel's boot id (``BROKER_BOOT_ID_FILE`` overrides where it is read, for tests)."""
+def boot_id(path: str) -> str:
+    """This kernel's boot id ("" where there is none: then a reboot cannot be told)."""
     try:
-        with open(os.environ.get("BROKER_BOOT_ID_FILE", _BOOT_ID_FILE)) as file:
+        with open(path) as file:
             return file.read().strip()
     except OSError:
         return ""
@@ -191,14 +194,21 @@ class DiskStore:
     # -- opening ------------------------------------------------------------------------
 
     def open(self) -> Recovered:
-        """Open (or create) the store and read back this node's identity."""
+        """Open (or create) the store and read back this node's identity.
+
+        The store is checked first in a child process (LMDB reads its file through a
+        memory map: a truncated or scribbled file could kill the process that reads
+        it, and a crash at every start is the one failure a broker must not have).
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         damage = None
-        try:
-            self._open_env()
-            damage = self._check()
-        except lmdb.Error as error:
-            damage = f"cannot be opened ({error})"
+        if (self.path / "data.mdb").exists():
+            damage = _verify_in_child(self.path)
+        if damage is None:
+            try:
+                self._open_env()
+            except lmdb.Error as error:
+                damage = f"cannot be opened ({error})"
         if damage is not None:
             self._close_env()
             aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
@@ -239,23 +249,6 @@ class DiskStore:
             self.env.close()
             self.env = None
 
-    def _check(self) -> str | None:
-        """A file shorter than its own metadata says (truncated), or unreadable records."""
-        assert self.env is not None
-        info = self.env.info()
-        size = os.path.getsize(self.path / "data.mdb")
-        needed = (info["last_pgno"] + 1) * self.env.stat()["psize"]
-        if size < needed:
-            return f"is truncated ({size} bytes of {needed})"
-        with self.env.begin() as txn:
-            for db in (self.meta, self.origins):
-                for _key, _value in txn.cursor(db):
-                    pass
-            cursor = txn.cursor(self.events)
-            if cursor.last():
-                _event(int.from_bytes(cursor.key(), "big"), cursor.value())
-        return None
-
     def _recover(self, damaged: str | None) -> Recovered:
         assert self.env is not None
         with self.env.begin(write=True) as txn:
@@ -267,7 +260,7 @@ class DiskStore:
             clean = txn.get(b"clean", db=meta) == b"1"
             last_boot = (txn.get(b"boot", db=meta) or b"").decode()
             last_durability = (txn.get(b"durability", db=meta) or b"process").decode()
-            now_boot = boot_id()
+            now_boot = boot_id(self.options.boot_id_file)
             new_epoch = damaged
             if origin_b is None:
                 new_epoch = new_epoch or "a new store"
@@ -531,6 +524,24 @@ class DiskStore:
             for topic, marks in evicted.items():
                 txn.put(topic, _pack(marks), db=self.tmeta)
         return removed
+
+
+def _verify_in_child(path: Path) -> str | None:
+    try:
+        child = subprocess.run(
+            [sys.executable, storecheck.__file__, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"could not be checked ({error})"
+    if child.returncode == 0:
+        return None
+    if child.returncode < 0:
+        return f"crashes a reader (signal {-child.returncode})"
+    lines = child.stdout.strip().splitlines() or child.stderr.strip().splitlines()
+    return lines[-1] if lines else f"failed its check (exit {child.returncode})"
 
 
 class Journal:

@@ -58,10 +58,13 @@ class Retention(HubBase):
                 history.evicted[origin] = max(history.evicted.get(origin, 0), seq)
             for event in merged[: max(0, len(merged) - self.history_size)]:
                 history.evicted[event.origin] = max(history.evicted.get(event.origin, 0), event.seq)
+            # The same event as history's object, so a start never sends it twice.
+            same = {(e.origin, e.seq): e for e in history.events}
             for event_type, event in loaded.retained.items():
-                state.retained.setdefault(event_type, event)
-            if state.final is None:
-                state.final = loaded.final
+                state.retained.setdefault(event_type, same.get((event.origin, event.seq), event))
+            if state.final is None and loaded.final is not None:
+                final = loaded.final
+                state.final = same.get((final.origin, final.seq), final)
 
     def drop_topic(self, topic: str) -> None:
         """Forget what the hub holds of a topic the store no longer follows here."""

@@ -252,6 +252,7 @@ async def _maybe_journal(settings: Settings) -> AsyncIterator[Journal | None]:
         max_bytes=storage.max_bytes,
         closed_ttl_seconds=storage.closed_ttl_seconds,
         sweep_seconds=storage.sweep_seconds,
+        boot_id_file=storage.boot_id_file,
     )
     async with open_journal(options) as journal:
         yield journal
