@@ -66,7 +66,8 @@ async def test_kill_9_under_publish_load_loses_nothing_and_reuses_no_id(tmp_path
                 end = await position(url)
                 if origin is None:
                     origin = end.split("-")[0]
-                assert "." not in end and end.startswith(origin + "-"), end  # same id space
+                assert "." not in end, end  # the same id space: no new origin
+                assert end.startswith(origin + "-"), end
                 notice, events = await replay(url, "load", f"{origin}-0", end)
                 assert notice.event == "broker.start", notice
                 stored = {e.id: e.data for e in events}
