@@ -138,23 +138,35 @@ class Hub(Publishing, Replicated, Subscriptions, Retention):
         self.journal = journal
         journal.attach(self)
 
-    def expire_topics(self, limit: int | None = None) -> int:
+    async def expire_topics(self, step: int = 2000) -> int:
         """One expiry round: topics unused for two rounds leave memory; return how many.
 
         Only with a journal: their history, retained and closed state stay in the store.
+        The topics are looked at ``step`` at a time with a checkpoint in between, so a
+        hundred thousand topics never stall the loop (each is checked again as it goes).
         """
         self.round += 1
         old = self.round - 2
-        closing = self._closing
-        gone = [
-            name
-            for name, state in self._topics.items()
-            if state.used <= old and not state.subscribers and name not in closing
-        ]
-        for name in gone:
-            del self._topics[name]
-            self._partial.discard(name)
-        return len(gone)
+        topics = self._topics
+        names = list(topics)
+        gone = 0
+        for start in range(0, len(names), step):
+            for name in names[start : start + step]:
+                state = topics.get(name)
+                if (
+                    state is not None
+                    and state.used <= old
+                    and not state.subscribers
+                    and name not in self._closing
+                ):
+                    del topics[name]
+                    self._partial.discard(name)
+                    gone += 1
+            await trio.lowlevel.checkpoint()
+        if gone > 1000 and gone > len(topics):
+            # A dict never shrinks on deletion: a copy gives its table back.
+            self._topics = dict(topics)
+        return gone
 
     @property
     def closed(self) -> bool:
@@ -220,7 +232,7 @@ async def _expiry_task(hub: Hub, idle_seconds: float) -> None:
     # A topic unused for two rounds of idle/2 leaves: between idle and 1.5 x idle.
     while True:
         await trio.sleep(idle_seconds / 2)
-        hub.expire_topics()
+        await hub.expire_topics()
 
 
 async def _flusher_task(hub: Hub) -> None:

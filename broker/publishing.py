@@ -150,6 +150,7 @@ class Publishing(HubBase):
         missing = [item.topic for item in items if item.topic not in topics]
         if missing:  # its closed state may be in the store
             await self.load_topics(missing)
+            topics = self._topics  # (expiry may have compacted it meanwhile)
         closing = self._closing
         for item in items:
             state = topics.get(item.topic)

@@ -44,3 +44,28 @@ async def test_idle_topics_leave_memory_and_resume_from_the_store(tmp_path):
                 answer = await client.post("/topics/jobs/3", content="again")
                 notice, events = await replay(server.url, "jobs/3", ids[3], answer.json()["id"])
                 assert [e.data for e in events] == ["again"]
+
+
+async def test_count_retention_in_the_store_reports_evicted_after_a_restart(tmp_path):
+    tables = {
+        "storage": {"kind": "durable", "path": str(tmp_path / "data")},
+        "history": {"size": 5},
+    }
+    with trio.fail_after(20):
+        async with open_broker_server(**tables) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                ids = [
+                    (await client.post("/topics/t", content=f"e{n}")).json()["id"]
+                    for n in range(100)
+                ]
+        async with open_broker_server(**tables) as server:
+            notice, events = await replay(server.url, "t", ids[0], ids[-1])
+            assert notice.event == "broker.reset"
+            assert notice.json()["reason"] == "evicted"
+            assert [e.data for e in events] == [f"e{n}" for n in range(95, 100)]
+            notice, events = await replay(server.url, "t", ids[96], ids[-1])
+            assert notice.event == "broker.start"
+            assert [e.data for e in events] == ["e97", "e98", "e99"]
+            disk = server.hub.journal.disk
+            with disk.env.begin() as txn:  # trimmed in the store, not only in memory
+                assert txn.stat(disk.events)["entries"] <= 5 + 32
