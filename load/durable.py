@@ -39,17 +39,21 @@ ROWS = (
     ("publish", "single, 1 conn", "events_per_s", "higher"),
     ("publish", "batch 100, 4 conn", "events_per_s", "higher"),
     ("publish", "batch 100, 4 conn", "server_cpu_us_per_event", "lower"),
-    ("fanout", "N=1000", "latency_p99_ms", "lower"),
+    ("fanout", "N=1000", "p99_ms", "lower"),
+    ("fanout", "N=1000", "delivered_pct", "higher"),
     ("fanout", "N=1000", "server_cpu_pct", "lower"),
 )
 
 
-def paired(runs: int, quick: bool, log_dir: Path) -> dict[str, dict[tuple[str, str, str], list[float]]]:
+Figures = dict[str, dict[tuple[str, str, str], list[float]]]
+
+
+def paired(runs: int, quick: bool, log_dir: Path) -> Figures:
     settings = Settings.quick() if quick else Settings()
     settings.fanout_ns = (1000,)
     registry = ProcessRegistry()
     ssesub_bin, pubload_bin = build_tools()
-    figures: dict[str, dict[tuple[str, str, str], list[float]]] = {"memory": {}, "durable": {}}
+    figures: Figures = {"memory": {}, "durable": {}}
     try:
         for run in range(runs):
             for kind in ("memory", "durable"):
@@ -58,7 +62,10 @@ def paired(runs: int, quick: bool, log_dir: Path) -> dict[str, dict[tuple[str, s
                 server = BrokerServer(registry, log_dir, env=env)
                 ctx = Context(registry, ssesub_bin, pubload_bin, settings, log_dir, run=run)
                 try:
-                    for name, scenario in (("publish", scenarios.publish), ("fanout", scenarios.fanout)):
+                    for name, scenario in (
+                        ("publish", scenarios.publish),
+                        ("fanout", scenarios.fanout),
+                    ):
                         server.start()
                         try:
                             cases = scenario(ctx, server)
@@ -108,7 +115,9 @@ def fill_store(path: str, events: int, topics: int = 1000, group: int = 1000) ->
     return took
 
 
-def group_commit_cpu(path: str, sizes: tuple[int, ...] = (1, 16, 64), events: int = 20_000) -> dict[int, float]:
+def group_commit_cpu(
+    path: str, sizes: tuple[int, ...] = (1, 16, 64), events: int = 20_000
+) -> dict[int, float]:
     sys.path.insert(0, str(REPO_ROOT))
     from broker.durable import DiskStore, JournalOptions
     from broker.events import Event
@@ -164,9 +173,16 @@ def expiry_rss(topics: int = 100_000, idle: float = 2.0) -> dict[str, float]:
 
         def batch(prefix: str, start: int, count: int) -> None:
             body = json.dumps(
-                {"events": [{"topic": f"{prefix}/{i}", "data": {"done": i}} for i in range(start, start + count)]}
+                {
+                    "events": [
+                        {"topic": f"{prefix}/{i}", "data": {"done": i}}
+                        for i in range(start, start + count)
+                    ]
+                }
             ).encode()
-            req = urllib.request.Request(url + "/publish", body, {"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                url + "/publish", body, {"Content-Type": "application/json"}
+            )
             urllib.request.urlopen(req).read()
 
         def topics_in_memory() -> int:
