@@ -39,6 +39,7 @@ This module is the *engine* layer's embedded store; the hub sees it only through
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
@@ -59,6 +60,7 @@ import outcome
 import trio
 
 from . import positions, storecheck
+from .errors import ConfigError
 from .events import Event
 from .store import Unavailable
 
@@ -217,17 +219,11 @@ class DiskStore:
         memory map: a truncated or scribbled file could kill the process that reads
         it, and a crash at every start is the one failure a broker must not have).
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_path()
         damage = None
         if (self.path / "data.mdb").exists():
             damage = _verify_in_child(self.path)
-        if damage is None:
-            try:
-                self._open_env()
-            except lmdb.Error as error:
-                damage = f"cannot be opened ({error})"
         if damage is not None:
-            self._close_env()
             aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
             log.error(
                 "storage: the store in %s %s; it was moved to %s and a new one begins "
@@ -236,10 +232,35 @@ class DiskStore:
                 damage,
                 aside,
             )
+            self._unlock()
             os.replace(self.path, aside)
-            self.path.mkdir(parents=True)
+            self._lock_path()
+        try:
             self._open_env()
+        except lmdb.Error as error:  # not damage (the check passed): permissions, space …
+            self._unlock()
+            raise ConfigError(
+                f"[storage] path {self.path}: cannot open the store: {error}"
+            ) from None
         return self._recover("the previous store was damaged" if damage else None)
+
+    def _lock_path(self) -> None:
+        """One broker per store: a second one on the same path stops with one line."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / "broker.lock", "a")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise ConfigError(
+                f"[storage] path {self.path}: another broker is using this store"
+            ) from None
+
+    def _unlock(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()  # releases the flock
+            self._lock = None
 
     def _open_env(self) -> None:
         self.env = lmdb.open(
@@ -307,6 +328,7 @@ class DiskStore:
     def close(self) -> None:
         """Mark a clean shutdown, flush, close."""
         if self.env is None:
+            self._unlock()
             return
         try:
             with self.env.begin(write=True) as txn:
@@ -315,6 +337,7 @@ class DiskStore:
         except lmdb.Error as error:
             log.error("storage: could not mark a clean shutdown: %s", error)
         self._close_env()
+        self._unlock()
 
     # -- writing ------------------------------------------------------------------------
 

@@ -214,3 +214,17 @@ async def test_fsync_durability_keeps_events_too(tmp_path, durability):
             assert [e.id for e in events] == ids[1:]
         finally:
             broker.kill()
+
+
+async def test_a_second_broker_on_the_same_store_stops_with_one_line(tmp_path):
+    first = durable_broker(str(tmp_path / "data"))
+    second = durable_broker(str(tmp_path / "data"))
+    with trio.fail_after(30):
+        try:
+            await first.astart()
+            with pytest.raises(RuntimeError, match="another broker is using this store"):
+                await second.astart()
+            assert second.proc.wait(10) == 2
+        finally:
+            first.kill()
+            second.kill()

@@ -1,0 +1,52 @@
+"""A mesh node on the durable store keeps its origin and position vector across a restart."""
+
+from __future__ import annotations
+
+import httpx
+import trio
+
+from broker import positions
+from tests.support.servers import start_node, wait_linked
+from tests.support.sse_client import open_sse
+
+
+async def post(url: str, topic: str, value: object) -> str:
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"{url}/topics/{topic}", json=value)
+        assert answer.status_code == 202, answer.text
+        return answer.json()["id"]
+
+
+async def test_restarted_mesh_node_keeps_its_origin_vector_and_peers_events(tmp_path):
+    def storage(name: str) -> dict[str, object]:
+        return {"storage": {"kind": "durable", "path": str(tmp_path / name)}}
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a = await start_node(nursery, "a", [], **storage("a"))
+            async with trio.open_nursery() as first_run:
+                b = await start_node(first_run, "b", [a.cluster.addr], **storage("b"))
+                await wait_linked([a, b])
+                for n in range(5):
+                    await post(a.url, "r", n)
+                own = await post(b.url, "r", "from b")
+                with trio.fail_after(5):
+                    while b.hub.vector.get(a.hub.origin, 0) < 5:
+                        await trio.sleep(0.02)
+                origin, vector = b.hub.origin, dict(b.hub.vector)
+                b.request_shutdown()
+            with trio.fail_after(5):
+                while len(a.cluster.links) != 0:
+                    await trio.sleep(0.02)
+            b2 = await start_node(nursery, "b", [a.cluster.addr], **storage("b"))
+            assert b2.hub.origin == origin  # the same id space goes on
+            assert b2.hub.vector == vector  # and it knows what it had, peers' events included
+            # The restarted node still serves every origin's events from its own store.
+            stream = await open_sse(b2.url, "/topics/r/events", {"Last-Event-ID": f"{origin}-0"})
+            start = await stream.next_event()
+            assert start.event == "broker.start", start.data
+            got = [e.data for e in await stream.events(6)]
+            assert got == ["0", "1", "2", "3", "4", '"from b"']
+            await stream.aclose()
+            assert positions.parse_position(own)[origin] == 1
+            nursery.cancel_scope.cancel()
