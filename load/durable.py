@@ -219,7 +219,9 @@ def expiry_rss(topics: int = 100_000, idle: float = 2.0) -> dict[str, float]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def loop_stall(topics: int = 2000, per_topic: int = 50, seconds: float = 5.0) -> dict[str, float]:
+def loop_stall(
+    topics: int = 2000, per_topic: int = 50, seconds: float = 5.0, collect: bool = True
+) -> dict[str, float]:
     """The longest Trio task step of an in-process broker while streams resume from the store.
 
     The store holds ``topics`` x ``per_topic`` events and nothing is in memory (a fresh
@@ -243,17 +245,41 @@ def loop_stall(topics: int = 2000, per_topic: int = 50, seconds: float = 5.0) ->
             self.wall = self.cpu = 0.0
             self.longest_wall = self.longest_cpu = 0.0
             self.steps = 0
+            self.longest_task = ""
 
         def before_task_step(self, task: Any) -> None:
             self.wall, self.cpu = time.perf_counter(), time.thread_time()
 
         def after_task_step(self, task: Any) -> None:
+            if not self.wall:  # the step that added this instrument
+                return
             self.steps += 1
-            self.longest_wall = max(self.longest_wall, time.perf_counter() - self.wall)
+            wall = time.perf_counter() - self.wall
+            if wall > self.longest_wall:
+                self.longest_wall, self.longest_task = wall, task.name
             self.longest_cpu = max(self.longest_cpu, time.thread_time() - self.cpu)
 
     steps = Steps()
     out: dict[str, float] = {}
+    import gc
+
+    from broker.cli import GC_YOUNG_THRESHOLD
+
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # as `broker run` does
+    if not collect:  # to tell the broker's own steps from the collector's passes
+        gc.disable()
+    collections: dict[int, float] = {}
+    began: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            took = time.perf_counter() - began[0]
+            gen = info["generation"]
+            collections[gen] = max(collections.get(gen, 0.0), took)
+
+    gc.callbacks.append(on_gc)
 
     async def run() -> None:
         settings = BrokerSettings().replace(
@@ -271,14 +297,14 @@ def loop_stall(topics: int = 2000, per_topic: int = 50, seconds: float = 5.0) ->
                 registry = ProcessRegistry()
                 try:
                     sub = subprocess.Popen(
-                        [ssesub_bin, "--url-list", urls, "-n", topics, "--duration", seconds,
-                         "--header", f"Last-Event-ID: {origin}-1"],
+                        [str(a) for a in (ssesub_bin, "--url-list", urls, "-n", topics,
+                         "--duration", seconds, "--header", f"Last-Event-ID: {origin}-1")],
                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                     )  # fmt: skip
                     pub = subprocess.run(
-                        [pubload_bin, "--port", server.port, "--path", "/topics/{topic}",
-                         "--topics", ",".join(f"hot/{i}" for i in range(16)), "-k", 16,
-                         "-m", 1e9, "--duration", seconds],
+                        [str(a) for a in (pubload_bin, "--port", server.port, "--path",
+                         "/topics/{topic}", "--topics", ",".join(f"hot/{i}" for i in range(16)),
+                         "-k", 16, "-m", 1000000000, "--duration", seconds)],
                         capture_output=True, text=True,
                     )  # fmt: skip
                     sub.wait(seconds + 30)
@@ -295,11 +321,15 @@ def loop_stall(topics: int = 2000, per_topic: int = 50, seconds: float = 5.0) ->
     try:
         trio.run(run)
     finally:
+        gc.callbacks.remove(on_gc)
+        gc.enable()
         shutil.rmtree(data, ignore_errors=True)
+    out["longest_gc_ms"] = {g: round(1e3 * t, 1) for g, t in collections.items()}  # type: ignore[assignment]
     out.update(
         longest_step_wall_ms=1e3 * steps.longest_wall,
         longest_step_cpu_ms=1e3 * steps.longest_cpu,
         steps=steps.steps,
+        longest_task=steps.longest_task,  # type: ignore[dict-item]
     )
     return out
 
@@ -379,13 +409,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{rss['topics_at_peak']} topics in memory, {rss['after_mib']:.1f} MiB after they "
             f"expired ({rss['after_over_baseline']:.2f}x the baseline)."
         )
-    if args.stall:
-        stall = loop_stall()
+    for collect in (True, False) if args.stall else ():
+        stall = loop_stall(collect=collect)
+        lines.append("With the garbage collector on:" if collect else "With it off:")
         lines.append(
             f"Loop stall: {stall['loaded_topics']} topics read back from the store while "
             f"streams resumed and 16 connections published: longest task step "
             f"{stall['longest_step_wall_ms']:.1f} ms wall, {stall['longest_step_cpu_ms']:.1f} ms "
-            f"CPU ({stall['steps']} steps)."
+            f"CPU ({stall['steps']} steps; the longest in {stall['longest_task']}); longest "
+            f"garbage collection per generation (ms): {stall['longest_gc_ms']}."
         )
     text = "\n".join(lines) + "\n"
     if args.out:
