@@ -42,6 +42,8 @@ statistics) and :func:`open_hub`.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -232,7 +234,30 @@ async def _expiry_task(hub: Hub, idle_seconds: float) -> None:
     # A topic unused for two rounds of idle/2 leaves: between idle and 1.5 x idle.
     while True:
         await trio.sleep(idle_seconds / 2)
-        await hub.expire_topics()
+        if await hub.expire_topics() >= 1000:
+            await trio.to_thread.run_sync(_give_memory_back)
+
+
+def _give_memory_back() -> None:
+    """Hand freed heap pages back to the system after many topics left (glibc only).
+
+    A topic's history deque is a 528-byte block from the C allocator, which keeps freed
+    blocks for reuse: without this, 100 000 expired topics left the heap 2.7x its size
+    before them (load/durable.py --expiry). Run in a thread: it may take milliseconds.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 (glibc has it; musl does not)
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 async def _flusher_task(hub: Hub) -> None:

@@ -147,7 +147,8 @@ class Publishing(HubBase):
         journal = self.journal
         assert journal is not None
         topics = self._topics
-        missing = [item.topic for item in items if item.topic not in topics]
+        partial = self._partial
+        missing = [i.topic for i in items if i.topic not in topics or i.topic in partial]
         if missing:  # its closed state may be in the store
             await self.load_topics(missing)
             topics = self._topics  # (expiry may have compacted it meanwhile)

@@ -144,6 +144,8 @@ class Subscriptions(HubBase):
                 state = self._topics[topic] = _Topic(
                     topic, self.history_size if self.store is None else 0
                 )
+                if self.journal is not None:  # its state is read back before a publish
+                    self._partial.add(topic)
             state.subscribers[subscriber] = None
         subscriber.topics = subscriber.topics.union(topics)
         if self.store is not None:
