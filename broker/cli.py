@@ -13,7 +13,7 @@ from functools import partial
 import trio
 
 from .config import Settings, load_settings
-from .errors import ConfigError
+from .core.errors import ConfigError
 from .server import RunningServer, serve
 from .supervisor import cluster_secret, supervise
 
@@ -97,11 +97,13 @@ def run_main(argv: list[str]) -> int:
             matched, _ = exc.split(OSError)
             if matched is None:
                 raise
-            exc = _first_leaf(matched)
-        if isinstance(exc, ConfigError):
-            print(f"broker: {exc}", file=sys.stderr)
+            leaf: BaseException = _first_leaf(matched)
+        else:
+            leaf = exc
+        if isinstance(leaf, ConfigError):
+            print(f"broker: {leaf}", file=sys.stderr)
             return 2
-        print(f"broker: cannot serve: {exc}", file=sys.stderr)
+        print(f"broker: cannot serve: {leaf}", file=sys.stderr)
         return 1
     return 0
 
@@ -167,7 +169,7 @@ def _store_name(settings: Settings) -> str:
     """The Redis URL with its password hidden, for the supervisor's start line."""
     if settings.cluster.engine != "redis":
         return ""
-    from .redis_engine.address import parse_redis_url  # sans-IO; checked by load_settings
+    from .engines.redis.address import parse_redis_url  # sans-IO; checked by load_settings
 
     return parse_redis_url(settings.cluster.redis_url).redacted()
 
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return _cli.pub_main(rest) if command == "pub" else _cli.sub_main(rest)
+        code: int = _cli.pub_main(rest) if command == "pub" else _cli.sub_main(rest)
+        return code
     print(f"broker: unknown command {command!r}; use one of {commands}", file=sys.stderr)
     return 2

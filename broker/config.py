@@ -9,13 +9,14 @@ pass a dict. Environment names are ``BROKER_<TABLE>_<KEY>``, e.g. ``BROKER_SERVE
 from __future__ import annotations
 
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 
 def _range(low: float | None = None, high: float | None = None) -> dict[str, Any]:
@@ -149,6 +150,10 @@ class ClusterSettings:
     queue_frames: int = field(default=10_000, metadata=_range(10, 10_000_000))
     max_frame_bytes: int = field(default=4 * 1024 * 1024, metadata=_range(1024, 1 << 30))
     backoff_max_seconds: float = field(default=10.0, metadata=_range(0.01, 3600))
+    handshake_timeout_seconds: float = field(default=5.0, metadata=_range(0.05, 600))
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "broker"
     redis_timeout_seconds: float = field(default=2.0, metadata=_range(0.05, 600))
@@ -236,7 +241,7 @@ def _coerce(where: str, value: Any, default: Any, meta: Mapping[str, Any]) -> An
 def _build(document: Mapping[str, Any], source: str) -> Settings:
     tables: dict[str, Any] = {}
     for table_field in fields(Settings):
-        table_cls = type(table_field.default)
+        table_cls: Any = type(table_field.default)  # each table field defaults to an instance
         raw = document.get(table_field.name, {})
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{source}: [{table_field.name}] must be a table")
@@ -332,6 +337,8 @@ def load_settings(
         )
     if cluster.engine == "redis":
         _check_redis(source, settings)
+    if mesh:
+        _check_peer_tls(source, cluster)
     if mesh and cluster.max_frame_bytes < settings.limits.max_body_bytes + 1024:
         raise ConfigError(
             f"{source}: [cluster] max_frame_bytes must exceed [limits] max_body_bytes"
@@ -344,7 +351,7 @@ def load_settings(
 
 
 def _check_redis(source: str, settings: Settings) -> None:
-    from .redis_engine.address import parse_redis_url  # sans-IO; no Redis client import
+    from .engines.redis.address import parse_redis_url  # sans-IO; no Redis client import
 
     cluster = settings.cluster
     if not cluster.enabled:
@@ -376,6 +383,30 @@ def _check_redis(source: str, settings: Settings) -> None:
         )
     if settings.history.size < 1:
         raise ConfigError(f"{source}: [history] size must be at least 1 with the redis engine")
+
+
+def _check_peer_tls(source: str, cluster: ClusterSettings) -> None:
+    files = {name: getattr(cluster, name) for name in ("tls_cert", "tls_key", "tls_ca")}
+    if not any(files.values()):
+        return
+    for name, value in files.items():
+        if not value:
+            raise ConfigError(
+                f"{source}: [cluster] {name} is missing: tls_cert, tls_key and tls_ca go together"
+            )
+        if not Path(value).is_file():
+            raise ConfigError(f"{source}: [cluster] {name} {value!r} not found")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(files["tls_cert"], files["tls_key"])
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{source}: [cluster] tls_cert/tls_key: not a certificate and its key ({exc})"
+        ) from None
+    try:
+        context.load_verify_locations(cafile=files["tls_ca"])
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{source}: [cluster] tls_ca: not a CA certificate ({exc})") from None
 
 
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")

@@ -25,22 +25,23 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .app import create_app
-from .asgi import HotRoutes
-from .auth import Authenticator
 from .cluster import Cluster, ClusterOptions, open_cluster
 from .config import Settings
-from .controlplane import ControlPlane, server_ssl_context
-from .cors import CorsPolicy
-from .dataplane import DataPlane, Limits
+from .control.app import create_app
+from .control.handoff import ControlPlane, server_ssl_context
+from .control.metrics import make_registry
+from .edge.asgi import HotRoutes
+from .edge.auth import Authenticator
+from .edge.cors import CorsPolicy
+from .edge.dataplane import DataPlane
+from .edge.limits import ConnectionLimiter, RateLimiter
+from .edge.policy import Policy
+from .edge.session import Limits, Streams
+from .edge.wsconnection import WsOptions
 from .hub import Hub, Journal, open_hub
-from .limits import ConnectionLimiter, RateLimiter
-from .metrics import make_registry
-from .policy import Policy
-from .wsconnection import WsOptions
 
 if TYPE_CHECKING:
-    from .redis_engine import RedisEngine
+    from .engines.redis import RedisEngine
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class RunningServer:
     Attributes:
         urls: ``http://host:port`` for each bound address.
         hub: the node's hub.
+        streams: what every stream shares, and the count of open streams.
         dataplane: the public listener's connection handler (connection counts).
         control: the hypercorn side.
         cluster: this node's mesh membership, if ``[cluster] enabled`` on the mesh engine.
@@ -60,6 +62,7 @@ class RunningServer:
 
     urls: list[str]
     hub: Hub
+    streams: Streams
     dataplane: DataPlane
     control: ControlPlane
     cluster: Cluster | None = None
@@ -127,9 +130,9 @@ async def serve(
             metrics=make_registry(lambda: running),
         )
         catchup = settings.cluster.catchup_seconds if clustered else 0.0
-        app.asgi_app = HotRoutes(  # type: ignore[method-assign]
-            app.asgi_app, hub, limits, policy, catchup_seconds=catchup
-        )
+        streams = Streams(hub, policy, limits, catchup_seconds=catchup)
+        # Quart types asgi_app as its own method; HotRoutes is an ASGI callable in its place.
+        app.asgi_app = HotRoutes(app.asgi_app, streams)  # type: ignore[method-assign,assignment]
         tls = settings.tls
         control = ControlPlane(
             app,
@@ -147,13 +150,10 @@ async def serve(
                 allow_publish=ws.allow_publish,
             )
             dataplane = DataPlane(
-                hub,
-                limits,
+                streams,
                 control.serve,
                 ws_options,
-                policy=policy,
                 handoff_tls=control.serve_tls if control.ssl_context else None,
-                catchup_seconds=catchup,
             )
             nursery.start_soon(dataplane.sweep_idle)
             listeners = await _open_listeners(settings)
@@ -172,13 +172,13 @@ async def serve(
 
                 bound = await nursery.start(accept)
                 urls = [_url(listener.socket.getsockname()) for listener in bound]
-                running = RunningServer(urls, hub, dataplane, control, cluster, store)
+                running = RunningServer(urls, hub, streams, dataplane, control, cluster, store)
                 for url in urls:
                     log.info("listening on %s (origin %s)", url, hub.origin)
                 task_status.started(running)
                 await running._shutdown.wait()
 
-                log.info("shutting down: %d streams open", dataplane.streams)
+                log.info("shutting down: %d streams open", streams.statistics().open)
                 accepting.cancel()
                 hub.close()
                 dataplane.close_idle()
@@ -215,8 +215,8 @@ def policy_from(settings: Settings) -> Policy:
 
 def _connection_stats(server: RunningServer) -> dict[str, Any]:
     stats: dict[str, Any] = {
-        "connections": server.dataplane.connections,
-        "streams": server.dataplane.streams,
+        "connections": server.dataplane.statistics().connections,
+        "streams": server.streams.statistics().open,
         "handed_off_connections": server.control.connections,
     }
     if server.cluster is not None:
@@ -239,7 +239,7 @@ async def _maybe_journal(settings: Settings) -> AsyncIterator[Journal | None]:
     if storage.kind != "durable" or (cluster.enabled and cluster.engine == "redis"):
         yield None
         return
-    from .durable import JournalOptions, open_journal  # imports lmdb
+    from .engines.durable import JournalOptions, open_journal  # imports lmdb
 
     path = Path(storage.path)
     if cluster.enabled and cluster.node_id:
@@ -277,6 +277,10 @@ async def _maybe_cluster(hub: Hub, settings: Settings) -> AsyncIterator[Cluster 
         max_frame_bytes=config.max_frame_bytes,
         queue_frames=config.queue_frames,
         backoff_max_seconds=config.backoff_max_seconds,
+        handshake_timeout=config.handshake_timeout_seconds,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        tls_ca=config.tls_ca,
     )
     async with open_cluster(hub, options) as cluster:
         log.info("cluster: node %s, peer link on %s", options.node_id, cluster.addr)
@@ -289,7 +293,7 @@ async def _maybe_store(hub: Hub, settings: Settings) -> AsyncIterator[RedisEngin
     if not config.enabled or config.engine != "redis":
         yield None
         return
-    from .redis_engine import RedisOptions, open_redis_engine  # imports coredis
+    from .engines.redis import RedisOptions, open_redis_engine  # imports coredis
 
     options = RedisOptions(
         url=config.redis_url,

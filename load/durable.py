@@ -86,9 +86,9 @@ def paired(runs: int, quick: bool, log_dir: Path) -> Figures:
 def fill_store(path: str, events: int, topics: int = 1000, group: int = 1000) -> float:
     """Write ``events`` 100-byte events with the store's own writer; return seconds."""
     sys.path.insert(0, str(REPO_ROOT))
-    from broker.durable import DiskStore, JournalOptions
-    from broker.events import Event
-    from broker.positions import to_base36
+    from broker.core.positions import to_base36
+    from broker.engines.durable import DiskStore, JournalOptions
+    from broker.hub.events import Event
 
     store = DiskStore(JournalOptions(path=path))
     origin = store.open().origin
@@ -119,8 +119,8 @@ def group_commit_cpu(
     path: str, sizes: tuple[int, ...] = (1, 16, 64), events: int = 20_000
 ) -> dict[int, float]:
     sys.path.insert(0, str(REPO_ROOT))
-    from broker.durable import DiskStore, JournalOptions
-    from broker.events import Event
+    from broker.engines.durable import DiskStore, JournalOptions
+    from broker.hub.events import Event
 
     out = {}
     for size in sizes:

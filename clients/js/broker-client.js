@@ -1,1 +1,1 @@
-../../broker/static/broker-client.js
+../../broker/control/static/broker-client.js

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import trio
 
-from broker import positions
+from broker.core import positions
 from tests.support.servers import start_node, wait_linked
 from tests.support.sse_client import open_sse
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trio
 
-from broker import positions
+from broker.core import positions
 from tests.durable.support import durable_broker, position, publish, replay
 from tests.support.sse_client import open_sse
 

@@ -218,7 +218,7 @@ async def test_cors_allow_list_and_preflight():
 
 
 async def test_metrics_readiness_and_connection_logs(caplog):
-    caplog.set_level("INFO", logger="broker.dataplane")
+    caplog.set_level("INFO", logger="broker.edge.session")
     with trio.fail_after(10):
         async with (
             open_broker_server(stream={"queue_events": 4}) as server,

@@ -12,7 +12,7 @@ import httpx
 import trio
 from trio_websocket import open_websocket_url
 
-from broker.redis_engine import ids
+from broker.engines.redis import ids
 from tests.redis import scenarios
 from tests.redis.conftest import (
     REDIS_SERVER,

@@ -1,9 +1,9 @@
 import msgpack
 import pytest
 
-from broker import codecs
-from broker.errors import BadRequest, BadTopic, UnsupportedMediaType
+from broker.core.errors import BadRequest, BadTopic, UnsupportedMediaType
 from broker.hub import PublishItem
+from broker.wire import codecs
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-from broker.mailbox import Mailbox
+from broker.hub.mailbox import Mailbox
 
 
 def test_drops_oldest_by_count_and_reports_once():
