@@ -30,8 +30,12 @@ class Replicated(HubBase):
 
     @property
     def vector(self) -> dict[str, int]:
-        """This node's position vector: per origin, the last seq delivered here (read-only)."""
-        return self._vector
+        """This node's position vector: per origin, the last seq accepted here (read-only).
+
+        The cluster orders replication by it. Without a journal that is the last seq
+        delivered; with one, events are accepted before their commit and delivered after.
+        """
+        return self._accepted
 
     def deliver_remote(
         self,

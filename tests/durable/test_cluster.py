@@ -50,3 +50,41 @@ async def test_restarted_mesh_node_keeps_its_origin_vector_and_peers_events(tmp_
             await stream.aclose()
             assert positions.parse_position(own)[origin] == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_busy_mesh_on_durable_stores_delivers_every_event_once_in_origin_order(tmp_path):
+    def storage(name: str) -> dict[str, object]:
+        return {"storage": {"kind": "durable", "path": str(tmp_path / name)}}
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a = await start_node(nursery, "a", [], **storage("a"))
+            b = await start_node(nursery, "b", [a.cluster.addr], **storage("b"))
+            await wait_linked([a, b])
+            streams = [await open_sse(n.url, "/topics/busy/events") for n in (a, b)]
+            for stream in streams:
+                await stream.next_event()
+
+            async def publish_many(node, name: str) -> None:
+                async with httpx.AsyncClient() as client:
+                    for n in range(150):
+                        answer = await client.post(f"{node.url}/topics/busy", json=[name, n])
+                        assert answer.status_code == 202
+
+            async with trio.open_nursery() as publishers:
+                for _ in range(2):  # two publishers per node: groups of several events
+                    publishers.start_soon(publish_many, a, "a")
+                    publishers.start_soon(publish_many, b, "b")
+            for stream in streams:
+                events = await stream.events(600)
+                got = [e.json() for e in events]
+                for name in ("a", "b"):
+                    mine = [n for who, n in got if who == name]
+                    assert sorted(mine) == sorted(list(range(150)) * 2)
+                vectors = [positions.parse_position(e.id) for e in events]
+                for origin in (a.hub.origin, b.hub.origin):
+                    seqs = [v.get(origin, 0) for v in vectors]
+                    assert seqs == sorted(seqs)  # each origin's events in its order
+                    assert seqs[-1] == 300
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
