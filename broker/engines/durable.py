@@ -362,13 +362,15 @@ class DiskStore:
         try:
             with env.begin(write=True) as txn:
                 put = txn.put
-                events_db, by_topic = self.events, self.by_topic
+                by_topic = self.by_topic
+                # One putmulti per table: the loop over the group runs in C (py-lmdb).
+                records = []
+                entries = []
                 for event in events:
-                    key = _index_key(event.index)
                     value = _record(event)
-                    put(key, value, db=events_db, append=True)
+                    records.append((_index_key(event.index), value))
                     topic = event.topic.encode()
-                    put(topic, _entry(event), db=by_topic, dupdata=True)
+                    entries.append((topic, _entry(event)))
                     topics[topic] = None
                     vector[event.origin] = event.seq
                     if event.retain:
@@ -379,6 +381,8 @@ class DiskStore:
                         )
                     if event.final:
                         put(topic, value, db=self.final)
+                txn.cursor(self.events).putmulti(records, append=True)
+                txn.cursor(by_topic).putmulti(entries, dupdata=True)
                 for origin, seq in vector.items():
                     put(origin.encode(), seq.to_bytes(8, "big"), db=self.origins)
                 put(b"index", _index_key(events[-1].index), db=self.meta)
