@@ -228,7 +228,12 @@ class DiskStore:
         if (self.path / "data.mdb").exists():
             damage = _verify_in_child(self.path)
         if damage is not None:
-            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+            count = 1
+            while aside.exists():  # (damaged twice in one second)
+                count += 1
+                aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{count}")
             log.error(
                 "storage: the store in %s %s; it was moved to %s and a new one begins "
                 "(new origin: ids from before it are answered broker.reset)",
@@ -617,6 +622,7 @@ class Worker:
             fn, args, done = item
             result = outcome.capture(fn, *args)
             self._token.run_sync_soon(done, result)
+            del item, fn, args, done, result  # the last batch must not stay alive here
 
     async def call(self, fn: Any, *args: Any) -> Any:
         task = trio.lowlevel.current_task()
@@ -707,6 +713,7 @@ class Journal:
             self.committed_events += len(batch)
             self._hub.deliver_committed(batch)
             group.done.set()
+            del batch  # (not kept alive until the next commit)
 
     async def sweep_forever(self) -> None:
         """Age, size and TTL retention every ``sweep_seconds``."""
