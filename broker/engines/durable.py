@@ -234,16 +234,19 @@ class DiskStore:
             while aside.exists():  # (damaged twice in one second)
                 count += 1
                 aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{count}")
-            log.error(
-                "storage: the store in %s %s; it was moved to %s and a new one begins "
-                "(new origin: ids from before it are answered broker.reset)",
-                self.path,
-                damage,
-                aside,
-            )
             self._unlock()
             os.replace(self.path, aside)
             self._lock_path()
+            saved = _salvage_in_child(aside, self.path)
+            log.error(
+                "storage: the store in %s %s; it was moved to %s and a new one begins with "
+                "the %d events that could still be read (new origin: a client past them "
+                "gets broker.reset)",
+                self.path,
+                damage,
+                aside,
+                saved,
+            )
         try:
             self._open_env()
         except lmdb.Error as error:  # not damage (the check passed): permissions, space …
@@ -601,6 +604,28 @@ def _verify_in_child(path: Path) -> str | None:
         return f"crashes a reader (signal {-child.returncode})"
     lines = child.stdout.strip().splitlines() or child.stderr.strip().splitlines()
     return lines[-1] if lines else f"failed its check (exit {child.returncode})"
+
+
+def _salvage_in_child(damaged: Path, path: Path) -> int:
+    """Copy what can be read of ``damaged`` into the new store at ``path``; how many."""
+    try:
+        child = subprocess.run(
+            [sys.executable, storecheck.__file__, "salvage", str(damaged), str(path)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.error("storage: salvaging %s failed: %s", damaged, error)
+        return 0
+    counts = [int(line) for line in child.stdout.split() if line.isdigit()]
+    if child.returncode != 0:
+        log.warning(
+            "storage: salvaging %s stopped early (exit %d); what was copied is kept",
+            damaged,
+            child.returncode,
+        )
+    return counts[-1] if counts else 0
 
 
 class Worker:

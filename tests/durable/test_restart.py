@@ -228,3 +228,43 @@ async def test_a_second_broker_on_the_same_store_stops_with_one_line(tmp_path):
         finally:
             first.kill()
             second.kill()
+
+
+async def test_a_damaged_record_after_a_crash_keeps_every_other_event(tmp_path):
+    """The check reads every record after an unclean stop; what reads back is salvaged."""
+    import lmdb
+
+    data = tmp_path / "data"
+    broker = durable_broker(str(data))
+    with trio.fail_after(30):
+        try:
+            url = await broker.astart()
+            async with httpx.AsyncClient() as client:
+                ids = [(await publish(client, url, "t", f"e{i}")).json()["id"] for i in range(50)]
+            await broker.astop(signal.SIGKILL)
+            env = lmdb.open(str(data), max_dbs=8, map_size=1 << 40)
+            events = env.open_db(b"events")
+            with env.begin(write=True) as txn:
+                cursor = txn.cursor(events)
+                assert cursor.last()
+                txn.put(cursor.key(), b"\xc1 scribbled", db=events)  # 0xc1: never msgpack
+            env.close()
+            url = await broker.astart()
+            assert any("49 events that could still be read" in line for line in broker.log)
+            old = ids[0].split("-")[0]
+            assert (await position(url)).count(".") == 1  # the old origin and a new one
+            notice, events = await replay(url, "t", ids[0], ids[48])
+            assert notice.event == "broker.start"
+            assert [e.data for e in events] == [f"e{i}" for i in range(1, 49)]
+            stream = await open_sse(url, "/topics/t/events", {"Last-Event-ID": ids[49]})
+            notice = await stream.next_event()
+            await stream.aclose()
+            assert notice.event == "broker.reset"  # it saw e49, which is gone
+            assert notice.json()["reason"] == "lost"
+            async with httpx.AsyncClient() as client:
+                answer = await publish(client, url, "t", "after")
+            vector = positions.parse_position(answer.json()["id"])
+            assert vector.pop(old) == 49  # the old origin stays retired at what survived
+            assert list(vector.values()) == [1]  # the new one counts from 1
+        finally:
+            broker.kill()
