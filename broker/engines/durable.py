@@ -29,9 +29,10 @@ Theory of operation (the guarantee and its limits: docs/durability.md).
 * **Faults.** A failed commit (disk full, I/O error) fails that group and everything
   staged behind it with :class:`~broker.hub.engine.Unavailable` (503); nothing of it was
   delivered or acknowledged, the hub takes the ids back, and the next publish tries
-  again. :attr:`Journal.problem` says why for ``/readyz``. A store that cannot be opened
-  or is shorter than its own metadata says at start is moved aside with one log line and
-  a fresh one begins under a new origin.
+  again. :attr:`Journal.problem` says why for ``/readyz``. A store that fails its check
+  at start (``storecheck.py``, in a child process) is moved aside, what still reads back
+  is salvaged into a new one (another child), and it goes on under a new origin, with one
+  log line. One broker per store: a lock file in the directory.
 
 This module is the *engine* layer's embedded store; the hub sees it only through the
 :class:`~broker.hub.engine.Journal` protocol.
