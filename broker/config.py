@@ -78,6 +78,8 @@ class LimitSettings:
     max_body_bytes: int = field(default=1024 * 1024, metadata=_range(1, 1 << 32))
     max_head_bytes: int = field(default=16 * 1024, metadata=_range(1024, 1 << 24))
     idle_timeout_seconds: float = field(default=60.0, metadata=_range(0.05, 86400))
+    head_timeout_seconds: float = field(default=10.0, metadata=_range(0.05, 3600))
+    min_body_rate_bytes: int = field(default=1024, metadata=_range(0, 1 << 30))
     max_topics_per_subscription: int = field(default=64, metadata=_range(1, 100_000))
     max_connections: int = field(default=50_000, metadata=_range(0, 10_000_000))
     max_connections_per_ip: int = field(default=0, metadata=_range(0, 10_000_000))
@@ -98,6 +100,8 @@ class AuthSettings:
     audience: str = ""
     issuer: str = ""
     leeway_seconds: float = field(default=30.0, metadata=_range(0, 3600))
+    #: Refuse tokens without ``exp`` (a token that never expires is a standing credential).
+    require_exp: bool = True
 
 
 @dataclass(frozen=True, slots=True)

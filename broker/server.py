@@ -1,6 +1,7 @@
 """The composition root: how a broker process starts, serves and stops.
 
-Start: the hub (with its heartbeat task), the quart-trio app behind hypercorn (lifespan
+Start: the soft limit of open files raised to the hard limit (every connection is a
+descriptor), the hub (with its heartbeat task), the quart-trio app behind hypercorn (lifespan
 started), then the public listener; readiness is reported with the bound URLs.
 
 Shutdown, in this order and only here:
@@ -15,6 +16,7 @@ Shutdown, in this order and only here:
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +37,7 @@ from .edge.auth import Authenticator
 from .edge.cors import CorsPolicy
 from .edge.dataplane import DataPlane
 from .edge.limits import ConnectionLimiter, RateLimiter
+from .edge.listener import Acceptor
 from .edge.policy import Policy
 from .edge.session import Limits, Streams
 from .edge.wsconnection import WsOptions
@@ -65,6 +68,7 @@ class RunningServer:
     streams: Streams
     dataplane: DataPlane
     control: ControlPlane
+    acceptor: Acceptor
     cluster: Cluster | None = None
     store: RedisEngine | None = None
     _shutdown: trio.Event = field(default_factory=trio.Event)
@@ -87,6 +91,8 @@ def limits_from(settings: Settings) -> Limits:
         max_body_bytes=settings.limits.max_body_bytes,
         max_head_bytes=settings.limits.max_head_bytes,
         idle_timeout=settings.limits.idle_timeout_seconds,
+        head_timeout=settings.limits.head_timeout_seconds,
+        min_body_rate=settings.limits.min_body_rate_bytes,
         queue_events=settings.stream.queue_events,
         queue_bytes=settings.stream.queue_bytes,
         send_timeout=settings.stream.send_timeout_seconds,
@@ -106,6 +112,7 @@ async def serve(
 
     Use as ``server = await nursery.start(serve, settings)``.
     """
+    raise_open_files_limit(settings.limits.max_connections)
     limits = limits_from(settings)
     grace = settings.shutdown.grace_seconds
     clustered = settings.cluster.enabled and settings.cluster.engine == "mesh"
@@ -137,6 +144,7 @@ async def serve(
         control = ControlPlane(
             app,
             keep_alive_timeout=settings.limits.idle_timeout_seconds,
+            handshake_timeout=settings.limits.head_timeout_seconds,
             graceful_timeout=grace,
             ssl_context=server_ssl_context(tls.cert_file, tls.key_file) if tls.cert_file else None,
         )
@@ -157,14 +165,10 @@ async def serve(
             )
             nursery.start_soon(dataplane.sweep_idle)
             listeners = await _open_listeners(settings)
+            acceptor = Acceptor(dataplane.handle_connection, make_room=dataplane.make_room)
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()
-                serve_listeners = partial(
-                    trio.serve_listeners,
-                    dataplane.handle_connection,
-                    listeners,
-                    handler_nursery=connections,
-                )
+                serve_listeners = partial(acceptor.serve, listeners, handler_nursery=connections)
 
                 async def accept(*, task_status: trio.TaskStatus[Any]) -> None:
                     with accepting:
@@ -172,7 +176,9 @@ async def serve(
 
                 bound = await nursery.start(accept)
                 urls = [_url(listener.socket.getsockname()) for listener in bound]
-                running = RunningServer(urls, hub, streams, dataplane, control, cluster, store)
+                running = RunningServer(
+                    urls, hub, streams, dataplane, control, acceptor, cluster, store
+                )
                 for url in urls:
                     log.info("listening on %s (origin %s)", url, hub.origin)
                 task_status.started(running)
@@ -186,6 +192,30 @@ async def serve(
                 connections.cancel_scope.deadline = trio.current_time() + grace
             nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+def raise_open_files_limit(max_connections: int = 0) -> int:
+    """Raise the soft limit of open files to the hard limit; log and return it.
+
+    Each connection holds a descriptor: at a distribution's default soft limit (often 1024)
+    a thousand idle sockets would stop the broker accepting anyone.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("open files: cannot raise the soft limit %d to %d: %s", soft, hard, exc)
+    log.info("open files: limit %d (hard %s)", soft, "unlimited" if hard < 0 else hard)
+    if max_connections and soft < max_connections:
+        log.warning(
+            "open files: limit %d is below [limits] max_connections %d; accept fails beyond it",
+            soft,
+            max_connections,
+        )
+    return soft
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -204,6 +234,7 @@ def policy_from(settings: Settings) -> Policy:
             audience=auth.audience,
             issuer=auth.issuer,
             leeway_seconds=auth.leeway_seconds,
+            require_exp=auth.require_exp,
         ),
         cors=CorsPolicy(settings.cors.allow_origins, settings.cors.allow_credentials),
         rate=RateLimiter(limits.publish_rate, limits.publish_burst),
@@ -214,10 +245,14 @@ def policy_from(settings: Settings) -> Policy:
 
 
 def _connection_stats(server: RunningServer) -> dict[str, Any]:
+    accept = server.acceptor.statistics()
     stats: dict[str, Any] = {
         "connections": server.dataplane.statistics().connections,
         "streams": server.streams.statistics().open,
         "handed_off_connections": server.control.connections,
+        "request_timeouts": server.dataplane.statistics().request_timeouts,
+        "accept_failures": accept.failures,
+        "connections_closed_for_room": server.dataplane.statistics().closed_for_room,
     }
     if server.cluster is not None:
         stats["cluster"] = server.cluster.statistics()

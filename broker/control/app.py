@@ -1,7 +1,7 @@
 """The quart-trio application: pages, client script, health and statistics.
 
 Everything that is not on the hot path lives here, served by hypercorn (see
-``controlplane.py``). Errors are answered as ``{"error": …, "code": …}`` JSON, like the
+``handoff.py``). Errors are answered as ``{"error": …, "code": …}`` JSON, like the
 data plane's.
 """
 

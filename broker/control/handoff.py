@@ -1,13 +1,15 @@
 """The control plane: hypercorn serving the quart-trio app on handed-over connections.
 
 The data plane accepts every connection; a connection whose request is not hot (pages,
-``/stats``, WebSocket upgrades for now) is passed here with the bytes already read.
+``/stats``, ``/metrics``, anything over TLS or HTTP/2) is passed here with the bytes already
+read. WebSocket upgrades for ``/topics/.../ws`` stay on the data plane (``edge/wsconnection``).
 hypercorn's trio ``TCPServer`` takes any stream object with ``receive_some``/``send_all``
 and a ``socket`` attribute, so :class:`PrefixedStream` replays the read bytes first.
 
 This uses hypercorn's internal ``TCPServer``, ``Lifespan`` and ``WorkerContext`` (pinned to
-hypercorn 0.18 in pyproject.toml and covered by tests/integration/test_handoff.py); the
-ASGI lifespan is run here the way ``hypercorn.trio.run.worker_serve`` does it.
+hypercorn 0.18 in pyproject.toml; covered by tests/integration/test_http2.py and by every
+test of a page, ``/stats`` or ``/metrics``); the ASGI lifespan is run here the way
+``hypercorn.trio.run.worker_serve`` does it.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class ControlPlane:
     Args:
         asgi_app: the application (the quart-trio app with the hot-route middleware).
         keep_alive_timeout: seconds an idle kept-alive connection stays open.
+        handshake_timeout: seconds a TLS handshake may take.
         graceful_timeout: seconds requests get to finish at shutdown.
         ssl_context: for TLS connections (HTTP/2 by ALPN); ``None`` refuses TLS.
     """
@@ -73,12 +76,14 @@ class ControlPlane:
         asgi_app: Any,
         *,
         keep_alive_timeout: float = 60.0,
+        handshake_timeout: float = 10.0,
         graceful_timeout: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.ssl_context = ssl_context
         config = Config()
         config.keep_alive_timeout = keep_alive_timeout
+        config.ssl_handshake_timeout = handshake_timeout
         config.graceful_timeout = graceful_timeout
         config.accesslog = None
         config.errorlog = logging.getLogger("broker.hypercorn")

@@ -93,6 +93,22 @@ class BrokerCollector(Collector):
             "Connections refused by connection limits",
             policy.connections.refused,
         )
+        yield CounterMetricFamily(
+            "broker_request_timeouts",
+            "Request heads or bodies that came too slowly (answered 408)",
+            dataplane.statistics().request_timeouts,
+        )
+        accept = server.acceptor.statistics()
+        yield CounterMetricFamily(
+            "broker_accept_failures",
+            "accept() calls that failed for lack of descriptors or memory",
+            accept.failures,
+        )
+        yield CounterMetricFamily(
+            "broker_connections_closed_for_room",
+            "Connections waiting for a request closed to free a descriptor",
+            dataplane.statistics().closed_for_room,
+        )
 
         cluster = server.cluster
         if cluster is not None:

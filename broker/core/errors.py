@@ -8,6 +8,7 @@
     │   ├── BadEventId              400 bad_event_id
     │   ├── NotFound                404 not_found
     │   ├── MethodNotAllowed        405 method_not_allowed
+    │   ├── RequestTimeout          408 request_timeout (a head or body that came too slowly)
     │   ├── TopicClosed             409 topic_closed
     │   ├── LengthRequired          411 length_required
     │   ├── PayloadTooLarge         413 payload_too_large
@@ -78,6 +79,11 @@ class MethodNotAllowed(ClientError):
     def __init__(self, message: str, allow: str) -> None:
         super().__init__(message)
         self.allow = allow
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
 
 
 class TopicClosed(ClientError):

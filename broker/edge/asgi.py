@@ -4,6 +4,12 @@ HTTP/2): the same routing, decoding and hub calls as the data plane, over ASGI.
 This path costs more per delivery than the data plane (every chunk goes through hypercorn),
 but it means a request never depends on which connection it arrived on: a page's ``fetch``
 that reuses the connection the page came on publishes exactly like a fresh one.
+
+Headers are read as the data plane reads them (:func:`request_headers`): a repeated field
+is joined with ``", "``, never "last one wins", so a request with two ``Authorization``
+fields gets the same 400 on both planes. Every ``DELETE /topics/...`` passes here first
+(the data plane hands all of them over), so topic administration is authorized here for
+both engines before the app or the store sees it.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ class HotRoutes:
         target = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = request_headers(scope["headers"])
         cors = _raw(self.policy.cors.headers(headers.get("origin")))
         try:
             route = match(
@@ -84,9 +90,15 @@ class HotRoutes:
                     return
             await _answer_error(send, error, cors)
             return
-        if route is None and scope["method"] == "DELETE" and self.hub.store is not None:
-            await self._administer(send, target, cors)
-            return
+        if route is None and scope["method"] == "DELETE":
+            try:
+                self._admit_delete(target, headers)
+            except ClientError as error:
+                await _answer_error(send, error, cors)
+                return
+            if self.hub.store is not None:
+                await self._administer(send, target, cors)
+                return
         if route is None or route.kind == "ws":
             await self.app(scope, receive, send)
             return
@@ -115,6 +127,24 @@ class HotRoutes:
             await _answer_error(send, error, cors)
             return
         await _answer_json(send, 202, payload, cors)
+
+    def _admit_delete(self, target: str, headers: dict[str, str]) -> None:
+        """Authorize ``DELETE /topics/{topic}[/retained]`` (auth on: publish claim or admin).
+
+        Raises:
+            ClientError: 401/403 (``policy.admit_admin``), 400 for a bad topic.
+        """
+        if not self.policy.auth.enabled:
+            return
+        path, query = split_target(target)
+        if not path.startswith("/topics/"):
+            return  # not topic administration: the app answers 404/405
+        topic = unquote(path[len("/topics/") :])
+        if topic.endswith("/retained"):
+            topic = topic[: -len("/retained")]
+        self.policy.admit_admin(
+            headers, parse_qs(query, keep_blank_values=True), check_topic(topic)
+        )
 
     async def _administer(self, send: Any, target: str, cors: list[tuple[bytes, bytes]]) -> None:
         """``DELETE /topics/{topic}[/retained]`` on a store: every node forgets, not one.
@@ -208,6 +238,21 @@ class AsgiSseTransport:
                 await self.send({"type": "http.response.body", "body": b"", "more_body": False})
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+
+def request_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """An ASGI scope's headers as the data plane's parser gives them.
+
+    Lowercased names; a repeated field joined with ``", "`` (``Cookie``, which HTTP/2 may
+    split into several fields, with ``"; "``).
+    """
+    headers: dict[str, str] = {}
+    for key, value in raw:
+        name, text = key.decode("latin-1").lower(), value.decode("latin-1")
+        if name in headers:
+            text = headers[name] + ("; " if name == "cookie" else ", ") + text
+        headers[name] = text
+    return headers
 
 
 class _ClientGone(Exception):

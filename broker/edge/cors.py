@@ -33,6 +33,10 @@ class CorsPolicy:
         self.credentials = allow_credentials
         self.enabled = bool(allow_origins)
 
+    def listed(self, origin: str) -> bool:
+        """Whether ``origin`` is on the allow-list by name (``*`` does not count)."""
+        return origin.rstrip("/") in self.origins
+
     def headers(self, origin: str | None) -> list[tuple[str, str]]:
         """Headers for a simple (non-preflight) response to ``origin``."""
         if not self.enabled or not origin:

@@ -11,6 +11,25 @@ the whole connection belongs to hypercorn for the rest of its life. A subscribe 
 becomes a stream through ``session.open_stream``, like on every other transport; this
 module only says how SSE looks on the raw socket (:class:`RawSseTransport`) and hands
 WebSocket upgrades to ``wsconnection``.
+
+Slow and greedy clients (docs/security.md "Slow and greedy clients"). Until a connection
+becomes a stream or is handed off, it is in ``DataPlane._waiting`` with a deadline, and
+``sweep_idle`` cancels it once the deadline has passed:
+
+* a request head must be complete within ``head_timeout`` of accept (first request) or of
+  its first byte (a kept-alive connection, which may idle ``idle_timeout`` before that);
+* a body gets ``head_timeout`` of grace, then must keep coming at ``min_body_rate`` bytes/s
+  on average (the deadline moves with every read);
+* a timed-out head or body is answered ``408`` JSON and closed gracefully; a silent idle
+  connection is just closed.
+
+A connection answered before its request was read (an error, a refusal, a timeout) is
+closed gracefully (``_close_gracefully``): shut down our side, discard what the client still
+sends for a short bounded time, then close, so the kernel does not answer the client's
+unread bytes with a reset that destroys the answer before the client reads it.
+
+When the process is out of descriptors, the accept loop (listener.py) calls ``make_room``:
+the connections that have waited longest for a request close at once.
 """
 
 from __future__ import annotations
@@ -21,13 +40,15 @@ import logging
 import os
 import random
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Final, NamedTuple
 
 import trio
 
-from ..core.errors import ClientError
+from ..core.errors import ClientError, RequestTimeout
 from ..hub import Unavailable
 from ..hub.subscriber import Codec, Sink, SocketSink, Subscriber
 from ..wire.sse import PREAMBLE, SseCodec
@@ -41,7 +62,7 @@ from .http1 import (
     error_response,
     response,
 )
-from .limits import Overloaded, TooManyRequests
+from .limits import Admission, Overloaded, TooManyRequests
 from .routes import Route, match
 from .session import (
     Answer,
@@ -67,6 +88,22 @@ Handoff = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 
 #: Longest pause before reading a rate-limited connection's next request.
 MAX_RATE_HOLD_SECONDS: Final = 5.0
+#: A connection answered before its request was read is closed this long after the answer
+#: at the latest, having discarded at most ``LINGER_BYTES`` of what the client still sent.
+LINGER_SECONDS: Final = 1.0
+LINGER_BYTES: Final = 64 * 1024
+#: Connections closed per ``make_room`` call (the descriptor table is full).
+MAKE_ROOM_BATCH: Final = 16
+#: Longest wait for closed connections to give their descriptors back.
+MAKE_ROOM_WAIT_SECONDS: Final = 0.1
+
+
+class _Phase(enum.Enum):
+    """What a connection waits for when its deadline passes."""
+
+    HEAD = "a request head"
+    REQUEST = "a request body"
+    HOLD = "a rate-limit pause"
 
 
 class _After(enum.Enum):
@@ -96,10 +133,17 @@ _HANDOFF: Final = _Outcome(_After.HANDOFF)
 
 @dataclass(frozen=True, slots=True)
 class DataPlaneStatistics:
-    """The data plane's connections, and how many of them are streams."""
+    """The data plane's connections, and how many of them are streams.
+
+    Attributes:
+        request_timeouts: heads or bodies that came too slowly (answered 408).
+        closed_for_room: connections closed to free a descriptor (``make_room``).
+    """
 
     connections: int
     streams: int
+    request_timeouts: int = 0
+    closed_for_room: int = 0
 
 
 class DataPlane:
@@ -124,18 +168,36 @@ class DataPlane:
         self.hub = streams.hub
         self.policy = streams.policy
         self.limits = streams.limits
+        #: Seconds a body may take before the minimum rate counts (never past the idle time).
+        self.body_grace = min(self.limits.head_timeout, self.limits.idle_timeout)
+        #: A body's first deadline, from its start (the grace, or without a rate the idle time).
+        self._body_first = (
+            self.body_grace if self.limits.min_body_rate else self.limits.idle_timeout
+        )
         self.ws_options = ws_options or WsOptions()
         self.handoff = handoff
         self.handoff_tls = handoff_tls
         self.connections = 0
         self._streaming = 0
-        #: Connections waiting for a request (or its body): their scope, and since when.
+        #: Connections waiting for a request (or its body): their scope and its deadline, in
+        #: the order their waits began (oldest first: what ``make_room`` closes).
         self._waiting: dict[trio.CancelScope, float] = {}
         self._clock = trio.current_time()
         self._closing = False
+        #: Scopes cancelled by ``make_room`` (their connections close without an answer).
+        self._shed: set[trio.CancelScope] = set()
+        self._room_waiters: list[tuple[int, trio.Event]] = []
+        self._closed = 0  # connections closed so far
+        self._timeouts = 0
+        self._closed_for_room = 0
 
     def statistics(self) -> DataPlaneStatistics:
-        return DataPlaneStatistics(connections=self.connections, streams=self._streaming)
+        return DataPlaneStatistics(
+            connections=self.connections,
+            streams=self._streaming,
+            request_timeouts=self._timeouts,
+            closed_for_room=self._closed_for_room,
+        )
 
     def close_idle(self) -> None:
         """Close connections that are waiting for their next request (shutdown)."""
@@ -144,47 +206,111 @@ class DataPlane:
             scope.cancel()
 
     async def sweep_idle(self) -> None:
-        """Close connections idle for longer than ``idle_timeout``, for the data plane's life.
+        """Close connections whose wait is past its deadline, for the data plane's life.
 
         A sweep a second instead of a deadline per request: moving a cancel scope's deadline
         cost ~6 % of a publish's CPU (py-spy, load/ publish scenario). A connection's wait is
         stamped with this task's clock, so a timeout fires up to one period late or early.
         """
-        timeout = self.limits.idle_timeout
-        period = min(1.0, timeout / 4)
+        limits = self.limits
+        period = min(1.0, limits.idle_timeout / 4, limits.head_timeout / 4)
         while True:
             self._clock = now = trio.current_time()
-            for scope, since in list(self._waiting.items()):
-                if now - since > timeout:
+            for scope, deadline in list(self._waiting.items()):
+                if now > deadline:
                     scope.cancel()
             await trio.sleep(period)
 
+    async def make_room(self) -> int:
+        """Close the connections that have waited longest for a request (fd table full).
+
+        Called by the accept loop on EMFILE/ENFILE. Returns once their descriptors are
+        closed (or after ``MAKE_ROOM_WAIT_SECONDS``), with how many were closed.
+        """
+        candidates = (scope for scope in self._waiting if scope not in self._shed)
+        victims = list(islice(candidates, MAKE_ROOM_BATCH))
+        if not victims:
+            return 0
+        for scope in victims:
+            self._shed.add(scope)
+            scope.cancel()
+        self._closed_for_room += len(victims)
+        closed = trio.Event()
+        # Counted in closures, not open connections: a handler that was started but has
+        # not run yet is not counted in ``connections`` until it runs.
+        self._room_waiters.append((self._closed + len(victims), closed))
+        with trio.move_on_after(MAKE_ROOM_WAIT_SECONDS):
+            await closed.wait()
+        self._room_waiters = [w for w in self._room_waiters if w[1] is not closed]
+        return len(victims)
+
+    def _connection_closed(self) -> None:
+        self.connections -= 1
+        self._closed += 1
+        if self._room_waiters:
+            for target, event in self._room_waiters:
+                if self._closed >= target:
+                    event.set()
+
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         """Serve one accepted connection until it closes; always closes it."""
+        accepted = trio.current_time()
         peer = _peer_ip(stream.socket)
-        admitted = self.policy.connections.open(peer)
+        admission = self.policy.connections.open(peer)
         self.connections += 1
         handed_off = False
         try:
-            handed_off = await self._serve(stream, peer, admitted)
+            if admission is Admission.OVER_ADDRESS:
+                # Before its head: a slowloris from one address holds no descriptor for long.
+                log.debug("%s: refused: too many connections from this address", peer)
+                error = Overloaded("too many connections from your address; retry later")
+                await self._close_gracefully(stream, error_response(error, keep_alive=False))
+            else:
+                admitted = admission is Admission.ADMITTED
+                handed_off = await self._serve(stream, peer, admitted, accepted)
         finally:
-            self.connections -= 1
-            if admitted:
+            if admission is Admission.ADMITTED:
                 self.policy.connections.close(peer)
             if not handed_off:
                 await trio.aclose_forcefully(stream)
+            self._connection_closed()
 
-    async def _serve(self, stream: trio.SocketStream, peer: str, admitted: bool) -> bool:
+    async def _serve(
+        self, stream: trio.SocketStream, peer: str, admitted: bool, accepted: float
+    ) -> bool:
         """Serve requests until one becomes a stream or a handoff; ``True`` if handed off."""
+        idle = trio.CancelScope()
+        try:
+            return await self._serve_in(idle, stream, peer, admitted, accepted)
+        finally:
+            self._shed.discard(idle)  # make_room may come too late to stop it
+
+    async def _serve_in(
+        self,
+        idle: trio.CancelScope,
+        stream: trio.SocketStream,
+        peer: str,
+        admitted: bool,
+        accepted: float,
+    ) -> bool:
         limits = self.limits
         connection = HttpConnection(stream, max_head_bytes=limits.max_head_bytes)
-        # One scope for the connection's requests, cancelled by sweep_idle or close_idle: a
-        # scope per receive cost ~14 µs a publish (load/ profile, 2026-11-25).
+        # One scope for the connection's requests, cancelled by sweep_idle, close_idle or
+        # make_room: a scope per receive cost ~14 µs a publish (load/ profile, 2026-11-25).
         waiting = self._waiting
-        after = _After.CLOSE  # also when the idle scope is cancelled
-        with trio.CancelScope() as idle:
+        after = _After.NEXT
+        # Locals: the loop below runs per request (a global and an attribute cost ~30 ns).
+        head_phase, request_phase = _Phase.HEAD, _Phase.REQUEST
+        phase = head_phase
+        idle_timeout = limits.idle_timeout
+        with idle:
+            timer = _Deadlines(self, idle)
+            connection.on_head_started = timer.head_started
+            connection.on_body_bytes = timer.body_bytes
+            deadline = accepted + min(limits.head_timeout, limits.idle_timeout)
             while not self._closing:
-                waiting[idle] = self._clock
+                waiting[idle] = deadline
+                phase = head_phase
                 try:
                     request = await connection.next_request()
                 except ConnectionDone:
@@ -194,27 +320,35 @@ class DataPlane:
                     return await self._hand_over(stream, other)
                 except ClientError as error:
                     await _send_quietly(stream, error_response(error, keep_alive=False))
-                    return False
+                    after = _After.CLOSE
+                    break
                 finally:
                     waiting.pop(idle, None)
                 if idle.cancel_called:  # shutdown came while the request arrived: not served
                     return False
-                outcome = await self._serve_request(connection, request, peer, admitted, idle)
+                phase = request_phase
+                outcome = await self._serve_request(connection, request, peer, admitted, timer)
                 after = outcome.after
-                if after is _After.CLOSE:
-                    return False
                 if after is not _After.NEXT:
                     break
                 if outcome.hold:
                     # Rate limited: its next request is read once a token is back. A client
                     # that honours Retry-After never notices; one that floods costs a request
                     # per refill instead of as many as it can send (load/ flood scenario).
-                    waiting[idle] = self._clock
+                    phase = _Phase.HOLD
+                    waiting[idle] = self._clock + idle_timeout
                     try:
                         await trio.sleep(outcome.hold)
                     finally:
                         waiting.pop(idle, None)
-        if after is _After.CLOSE or after is _After.NEXT:  # closing, or the idle scope fired
+                deadline = self._clock + idle_timeout
+        if idle.cancelled_caught:  # a deadline passed, shutdown, or make_room
+            await self._cancelled(stream, connection, idle, phase, peer)
+            return False
+        if after is _After.CLOSE:
+            await self._close_gracefully(stream)
+            return False
+        if after is _After.NEXT:  # closing
             return False
         # A stream (or the rest of the connection, handed off) is served outside the
         # request loop: an idle subscriber holds no scope and no frame it does not need.
@@ -245,13 +379,72 @@ class DataPlane:
             self._streaming -= 1
         return False
 
+    async def _cancelled(
+        self,
+        stream: trio.SocketStream,
+        connection: HttpConnection,
+        idle: trio.CancelScope,
+        phase: _Phase,
+        peer: str,
+    ) -> None:
+        """A connection's wait was cancelled: answer ``408`` if a request was under way."""
+        if idle in self._shed:
+            self._shed.discard(idle)
+            log.info("%s: closed to make room (out of file descriptors)", peer)
+            return
+        if self._closing:
+            return
+        if phase is _Phase.HEAD and connection.pending:
+            what = f"request head not complete within {self.limits.head_timeout:g} s"
+        elif phase is _Phase.REQUEST:
+            what = f"request body slower than {self.limits.min_body_rate} bytes/s"
+        else:
+            log.debug("%s: idle connection closed", peer)
+            return
+        self._timeouts += 1
+        log.info("%s: 408: %s; closing", peer, what)
+        answer = error_response(RequestTimeout(what), keep_alive=False)
+        await self._close_gracefully(stream, answer)
+
+    async def _close_gracefully(self, stream: trio.SocketStream, answer: bytes = b"") -> None:
+        """Send ``answer``, shut down our side, discard what the client still sends, close.
+
+        Bounded: ``LINGER_SECONDS`` at most, ``LINGER_BYTES`` read at most (then the rest of
+        the time passes without reading). The wait is in ``_waiting``, so ``make_room`` and
+        shutdown end it early. The caller closes the socket.
+        """
+        sock = stream.socket
+        with trio.CancelScope(deadline=trio.current_time() + LINGER_SECONDS) as scope:
+            self._waiting[scope] = scope.deadline
+            try:
+                if answer:
+                    await stream.send_all(answer)
+                sock.shutdown(socket.SHUT_WR)
+                fd = sock.fileno()
+                budget = LINGER_BYTES
+                while budget > 0:
+                    await trio.lowlevel.wait_readable(fd)
+                    try:
+                        data = os.read(fd, min(budget, 65536))
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        return
+                    budget -= len(data)
+                await trio.sleep_forever()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            finally:
+                self._waiting.pop(scope, None)
+                self._shed.discard(scope)
+
     async def _serve_request(
         self,
         connection: HttpConnection,
         request: Request,
         peer: str,
         admitted: bool,
-        idle: trio.CancelScope,
+        timer: _Deadlines,
     ) -> _Outcome:
         """Serve one request, or say it is a stream; say what becomes of the connection."""
         stream = connection.stream
@@ -280,7 +473,10 @@ class DataPlane:
             return _CLOSE
         if route.kind in ("sse", "ws"):
             return _Outcome(_After.STREAM, route, cors)
-        self._waiting[idle] = self._clock  # the body, too, must come within the timeout
+        idle = timer.scope
+        timer.body_start = now = self._clock
+        timer.received = 0
+        self._waiting[idle] = now + self._body_first
         try:
             answer, hold = await self._publish(connection, request, route, cors, peer)
         finally:
@@ -368,6 +564,34 @@ class DataPlane:
             if isinstance(error, TooManyRequests):
                 hold = min(error.wait_seconds + 0.005, MAX_RATE_HOLD_SECONDS)
             return error_response(error, keep_alive=request.keep_alive, headers=cors), hold
+
+
+class _Deadlines:
+    """One connection's deadline hooks (called off the hot path, see HttpConnection)."""
+
+    __slots__ = ("body_start", "dataplane", "received", "scope")
+
+    def __init__(self, dataplane: DataPlane, scope: trio.CancelScope) -> None:
+        self.dataplane = dataplane
+        self.scope = scope
+        self.body_start = 0.0
+        self.received = 0
+
+    def head_started(self) -> None:
+        """A head began to arrive: it has ``head_timeout`` to complete (not ``idle``)."""
+        plane = self.dataplane
+        limit = plane._clock + plane.limits.head_timeout
+        if plane._waiting.get(self.scope, limit) > limit:
+            plane._waiting[self.scope] = limit
+
+    def body_bytes(self, count: int) -> None:
+        """More of a body came: the deadline moves by what the minimum rate allows for it."""
+        plane = self.dataplane
+        rate = plane.limits.min_body_rate
+        if not rate or self.scope not in plane._waiting:
+            return
+        self.received += count
+        plane._waiting[self.scope] = self.body_start + plane.body_grace + self.received / rate
 
 
 class RawSseTransport:

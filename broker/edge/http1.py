@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -242,6 +243,10 @@ class HttpConnection:
     timeout (a cancel scope around its loop) and fairness comes from waiting for the
     socket, or from a checkpoint after ``PIPELINE_BURST`` pipelined requests.
 
+    The caller's timeouts follow progress through two hooks, called only off the hot path
+    (a head or body that did not come in one read): ``on_head_started()`` once per head
+    that is still incomplete after a read, ``on_body_bytes(n)`` for each later read of a body.
+
     Args:
         stream: the connection.
         max_head_bytes: the largest request head accepted (431 beyond).
@@ -255,6 +260,13 @@ class HttpConnection:
         self._pos = 0
         self._fresh = True
         self._burst = 0
+        self.on_head_started: Callable[[], None] | None = None
+        self.on_body_bytes: Callable[[int], None] | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether bytes of a request not yet parsed (a partial head) are buffered."""
+        return self._pos < len(self._data)
 
     def _append(self, chunk: bytes) -> None:
         if self._pos >= len(self._data):
@@ -314,6 +326,8 @@ class HttpConnection:
                     if request is not None:
                         self._pos = request._end
                         return request
+                    if searched is None and self.on_head_started is not None:
+                        self.on_head_started()
                     searched = len(data) - 3
             chunk = await self._receive()
             self._burst = 0
@@ -362,6 +376,8 @@ class HttpConnection:
         chunk = await self._receive()
         if not chunk:
             raise ConnectionDone("closed mid-body")
+        if self.on_body_bytes is not None:
+            self.on_body_bytes(len(chunk))
         return chunk
 
     async def _read_chunked(self, max_bytes: int) -> bytes:

@@ -1,13 +1,18 @@
 """Abuse limits: connections in total and per client address, publish rate (sans-IO).
 
-Connection limits answer ``503`` with ``Retry-After`` (an SSE request gets ``200``, a
-jittered ``retry:`` and ``broker.overloaded`` instead, because a browser never reconnects
-after a non-200 answer). The publish rate is a token bucket per token subject, or per client
-address without a token, answered with ``429`` and ``Retry-After``.
+A connection counts from accept. Over the per-address limit it is answered ``503`` JSON at
+once, before its request head is read: a client that opens sockets and never finishes a head
+(slowloris) must not hold a descriptor each while it is refused. Over the total limit the
+head is read (within the head timeout) and answered ``503`` with ``Retry-After``; an SSE
+request gets ``200``, a jittered ``retry:`` and ``broker.overloaded`` instead, because a
+browser never reconnects after a non-200 answer. The publish rate is a token bucket per
+token subject, or per client address without a token, answered with ``429`` and
+``Retry-After``.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -81,8 +86,16 @@ class RateLimiter:
         bucket.tokens -= count
 
 
+class Admission(enum.Enum):
+    """What :meth:`ConnectionLimiter.open` decided for a new connection."""
+
+    ADMITTED = "admitted"
+    OVER_TOTAL = "over the total limit"
+    OVER_ADDRESS = "over the per-address limit"
+
+
 class ConnectionLimiter:
-    """Counts open connections in total and per client address."""
+    """Counts open connections in total and per client address, from accept."""
 
     def __init__(self, max_total: int, max_per_ip: int) -> None:
         self.max_total = max_total
@@ -91,17 +104,18 @@ class ConnectionLimiter:
         self.by_ip: dict[str, int] = {}
         self.refused = 0
 
-    def open(self, ip: str) -> bool:
-        """Count a new connection; ``False`` (not counted) if over a limit."""
+    def open(self, ip: str) -> Admission:
+        """Count a new connection, unless it is over a limit (then it is not counted)."""
         per_ip = self.by_ip.get(ip, 0)
-        if (self.max_total and self.total >= self.max_total) or (
-            self.max_per_ip and per_ip >= self.max_per_ip
-        ):
+        if self.max_per_ip and per_ip >= self.max_per_ip:
             self.refused += 1
-            return False
+            return Admission.OVER_ADDRESS
+        if self.max_total and self.total >= self.max_total:
+            self.refused += 1
+            return Admission.OVER_TOTAL
         self.total += 1
         self.by_ip[ip] = per_ip + 1
-        return True
+        return Admission.ADMITTED
 
     def close(self, ip: str) -> None:
         self.total -= 1

@@ -4,7 +4,8 @@ Theory of operation. A stream opens in the same steps whichever transport carrie
 the data plane's raw socket, SSE on a connection hypercorn serves, WebSocket), and
 :func:`open_stream` is those steps, written once:
 
-1. **admit**: the policy judges the request (auth, connection limits) and names the client;
+1. **admit**: the policy judges the request (auth, connection limits, and for a WebSocket
+   upgrade its ``Origin``: ``policy.py``) and names the client;
 2. **where to start**: the resume id (``Last-Event-ID`` or ``last_event_id``) and the start
    options (``last``, ``since``);
 3. **prepare**: the engine gets ready. On the mesh a client that was on another node waits
@@ -18,7 +19,11 @@ the data plane's raw socket, SSE on a connection hypercorn serves, WebSocket), a
 6. **subscribe**: a :class:`~broker.hub.subscriber.Subscriber` in the stream's own nursery,
    registered by the hub's ``subscribe`` scope while the transport waits for the client to
    leave. Leaving the scope unregisters it whatever the reason (client gone, eviction,
-   shutdown, error), and the nursery takes the writer task with it;
+   shutdown, error, the token's expiry), and the nursery takes the writer task with it.
+   A stream opened with a token lives no longer than the token: at its ``exp`` (plus
+   leeway, turned into trio time once, here) the stream gets ``broker.auth_expired`` with
+   no id (the client's position is unchanged; it reconnects with a fresh token and resumes
+   exactly) and the codec's ``expired`` bytes (WebSocket: close 1008), then ends;
 7. **log**: one line per closed stream, counted in :class:`Streams`.
 
 A :class:`StreamTransport` is what differs between transports: how to refuse, how to answer
@@ -32,6 +37,7 @@ fan-out stays atomic (STYLE rule 7), and on a store it awaits the store's acknow
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import time
@@ -41,7 +47,7 @@ from typing import Final, Protocol
 
 import trio
 
-from ..core.errors import BadEventId, ClientError
+from ..core.errors import BadEventId, ClientError, UnsupportedMediaType
 from ..core.items import PublishItem
 from ..core.topics import check_event_type
 from ..hub import Hub, Unavailable
@@ -68,6 +74,11 @@ class Limits:
     max_body_bytes: int = 1024 * 1024
     max_head_bytes: int = 16 * 1024
     idle_timeout: float = 60.0
+    #: Seconds a request head may take to arrive (and a body's grace before its rate counts;
+    #: neither longer than ``idle_timeout``).
+    head_timeout: float = 10.0
+    #: Bytes a second a body must average after its grace; 0: a body gets ``idle_timeout``.
+    min_body_rate: int = 1024
     queue_events: int = 1024
     queue_bytes: int = 4 * 1024 * 1024
     send_timeout: float = 30.0
@@ -175,7 +186,7 @@ async def open_stream(
     """
     hub = streams.hub
     try:
-        identity = streams.policy.admit_subscribe(route, headers)
+        identity = streams.policy.admit_subscribe(route, headers, upgrade=transport.kind == "ws")
         resume_from, start = stream_options(route, headers)
     except ClientError as error:
         await transport.refuse(error)
@@ -220,7 +231,14 @@ async def open_stream(
                 subscriber.send_control(first)
             with hub.subscribe(subscriber, route.topics, resume_from=resume_from, start_at=start):
                 subscriber.uncork()
-                await transport.serve(subscriber, nursery, identity)
+                if identity.expires is None:  # no cancel scope held by an idle stream
+                    await transport.serve(subscriber, nursery, identity)
+                else:
+                    with trio.move_on_at(stream_deadline(identity)) as expiry:
+                        await transport.serve(subscriber, nursery, identity)
+                    if expiry.cancelled_caught:
+                        _end_on_expiry(subscriber, identity)
+                        await trio.sleep_forever()  # the writer ends us once it is out
                 subscriber.end("gone")
     finally:
         streams._closed(transport.kind)
@@ -229,6 +247,30 @@ async def open_stream(
     assert subscriber is not None  # made first thing in the nursery, which ended normally
     await transport.finish(subscriber)
     return identity
+
+
+def stream_deadline(identity: Identity) -> float:
+    """The trio time at which a stream opened with ``identity`` ends (``inf``: never).
+
+    The token's ``exp`` (plus leeway) is wall-clock time; it is turned into trio time once,
+    when the stream opens, so the stream's timer is an ordinary trio deadline.
+    """
+    if identity.expires is None:
+        return math.inf
+    return trio.current_time() + (identity.expires - time.time())
+
+
+def _end_on_expiry(subscriber: Subscriber, identity: Identity) -> None:
+    """End a stream whose token expired: ``broker.auth_expired`` (no id), then close."""
+    log.info("%s: token expired, stream closed", subscriber)
+    payload = {
+        "reason": "the token that opened this stream expired; reconnect with a fresh one "
+        "and your last event id",
+        "expired_at": identity.expires,
+    }
+    codec = subscriber.codec
+    notice = codec.notice("broker.auth_expired", None, payload)
+    subscriber.close(notice + codec.expired, "auth_expired")
 
 
 def stream_options(route: Route, headers: Mapping[str, str]) -> tuple[str | None, StartAt | None]:
@@ -296,16 +338,29 @@ async def publish(
     """
     content_type = headers.get("content-type")
     now = trio.current_time()
-    if route.kind == "batch":
-        items = codecs.decode_batch(content_type, body)
-        policy.admit_publish(route, headers, peer, [i.topic for i in items], now)
-        if hub.synchronous:  # the in-memory/mesh engine: publish now, no checkpoint
-            return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
-        return {"ids": await hub.publish(items)}
-    policy.admit_publish(route, headers, peer, [route.topics[0]], now)
-    event_type = check_event_type(route.param("event"))
-    data, is_json = codecs.decode_body(content_type, body)
-    retain, final = route.flag("retain"), route.flag("final")
+    try:
+        if route.kind == "batch":
+            items = codecs.decode_batch(content_type, body)
+            policy.admit_publish(route, headers, peer, [i.topic for i in items], now)
+            if hub.synchronous:  # the memory/mesh engine: publish now, no checkpoint
+                return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
+            return {"ids": await hub.publish(items)}
+        policy.admit_publish(route, headers, peer, [route.topics[0]], now)
+        try:
+            event_type = check_event_type(route.param("event"))
+            data, is_json = codecs.decode_body(content_type, body)
+            retain, final = route.flag("retain"), route.flag("final")
+        except UnsupportedMediaType:
+            # Forms are rare: recognised here, the text/JSON path pays nothing for them.
+            if codecs.media_type(content_type) != codecs.FORM:
+                raise
+            form = codecs.decode_form(body)  # curl -d, an HTML form: fields replace the query
+            event_type = check_event_type(form.event or route.param("event"))
+            data, is_json = form.data, False
+            retain = route.flag("retain") if form.retain is None else form.retain
+            final = route.flag("final") if form.final is None else form.final
+    except UnsupportedMediaType as error:
+        raise UnsupportedMediaType(f"{error.message}; {curl_example(route, headers)}") from None
     if hub.synchronous:
         event = hub.publish_nowait(
             route.topics[0], data, event_type=event_type, is_json=is_json, retain=retain,
@@ -315,6 +370,30 @@ async def publish(
     item = PublishItem(route.topics[0], data, event_type, is_json)
     event_ids = await hub.publish([item], retain=retain, final=final)
     return {"id": event_ids[0], "topic": item.topic}
+
+
+_HOST: Final = re.compile(
+    r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
+)
+
+
+def curl_example(route: Route, headers: Mapping[str, str]) -> str:
+    """A curl line that publishes to this broker, for a 415's message.
+
+    The host is the request's own ``Host`` when it looks like one (behind a proxy, the
+    address the client used), else the default address; the topic is the request's.
+    """
+    host = headers.get("host", "")
+    if not _HOST.fullmatch(host):
+        host = "127.0.0.1:8080"
+    scheme = "https" if headers.get("x-forwarded-proto", "").lower() == "https" else "http"
+    if route.kind == "batch":
+        body = '{"events": [{"topic": "jobs/1", "data": "hello"}]}'
+        return (
+            "for example: curl -H 'Content-Type: application/json' "
+            f"-d '{body}' {scheme}://{host}/publish"
+        )
+    return f"for example: curl -d data=hello {scheme}://{host}/topics/{route.topics[0]}"
 
 
 def _log_closed(kind: str, peer: str, opened: float, subscriber: Subscriber) -> None:

@@ -22,11 +22,18 @@ time: answers keep command order, publishes from one socket are stored in that o
 the reader goes on answering pings and close frames meanwhile. At most
 :data:`COMMAND_QUEUE` commands wait; past that the reader stops reading until one is done
 (TCP pushes back on the client).
+
+Replies are bounded (issue 17). Acks, command errors and pongs share the subscriber's
+outbound budget with events (``subscriber.py``): a client that sends commands but does not
+read their answers fills it, and is then closed with 1008 and a log line; the reader stops
+reading it at once, so neither its commands nor its replies can grow the broker. After any
+close frame of ours the connection lingers (:func:`_linger`) so the client can read it.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -59,6 +66,12 @@ log = logging.getLogger(__name__)
 
 #: Commands that may wait behind a publish in flight on a store engine.
 COMMAND_QUEUE: Final = 16
+
+#: After our close frame: how long unread client bytes are read and discarded (see _linger).
+LINGER_SECONDS: Final = 2.0
+
+#: End reasons after which the client was sent a close frame.
+_SENT_CLOSE: Final = frozenset({"closed", "over_budget", "auth_expired"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +187,8 @@ class WebSocketTransport:
             await trio.sleep_forever()  # the writer ends us once the close is out
 
     async def finish(self, subscriber: Subscriber) -> None:
-        pass
+        if subscriber.end_reason in _SENT_CLOSE:
+            await _linger(self.stream.socket)
 
 
 class _Session:
@@ -226,7 +240,8 @@ class _Session:
                     log.info("%s: no answer to ping, dropped", self.subscriber)
                     self.subscriber.end("unresponsive")
                     return
-                self.subscriber.send_control(websocket.PING)
+                if not self._reply(websocket.PING):
+                    return
                 waiting_for_pong = True
                 continue
             waiting_for_pong = False
@@ -248,6 +263,8 @@ class _Session:
     async def _command_task(self, messages: trio.MemoryReceiveChannel[bytes | str]) -> None:
         """Run a store engine's commands one at a time, in arrival order."""
         async for message in messages:
+            if self.subscriber.closing:
+                return
             try:
                 publishing = self._command(message)
                 if publishing is not None:
@@ -265,7 +282,7 @@ class _Session:
                 self._unparsed += len(data)
             for event in self.connection.events():
                 self._unparsed = 0
-                if not self._handle(event):
+                if not self._handle(event) or self.subscriber.closing:
                     return False
             # wsproto buffers a frame until it is complete; bound what a peer can make it hold.
             if self._unparsed > self.options.max_message_bytes + 1024:
@@ -284,7 +301,7 @@ class _Session:
         """Handle one wsproto event; ``False`` ends the connection."""
         subscriber = self.subscriber
         if isinstance(event, Ping):
-            subscriber.send_control(self.connection.send(event.response()))
+            return self._reply(self.connection.send(event.response()))
         elif isinstance(event, CloseConnection):
             subscriber.close(self.connection.send(event.response()))
             return False
@@ -322,7 +339,7 @@ class _Session:
             return None
         if isinstance(answer, PublishItem):
             return ref, answer
-        self.subscriber.send_control(self.codec.notice("broker.ack", None, answer))
+        self._reply(self.codec.notice("broker.ack", None, answer))
         return None
 
     async def _publish_stored(self, ref: Any, item: PublishItem) -> None:
@@ -333,11 +350,29 @@ class _Session:
             self._answer_error(ref, error)
             return
         answer = {"ref": ref, "op": "publish", "id": event_id, "topic": item.topic}
-        self.subscriber.send_control(self.codec.notice("broker.ack", None, answer))
+        self._reply(self.codec.notice("broker.ack", None, answer))
 
     def _answer_error(self, ref: Any, error: ClientError) -> None:
         payload = error_payload(ref, error)
-        self.subscriber.send_control(self.codec.notice("broker.command_error", None, payload))
+        self._reply(self.codec.notice("broker.command_error", None, payload))
+
+    def _reply(self, frame: bytes) -> bool:
+        """Send a never-dropped frame; close 1008 if the client's budget cannot hold it."""
+        subscriber = self.subscriber
+        if subscriber.send_control(frame):
+            return True
+        mailbox = subscriber.mailbox
+        log.warning(
+            "%s: closed 1008, its unread replies passed the outbound budget (%d bytes, %d frames)",
+            subscriber,
+            mailbox.max_bytes,
+            mailbox.max_events,
+        )
+        subscriber.abort(
+            websocket.close_frame(websocket.CLOSE_POLICY_VIOLATION, "too many unread replies"),
+            "over_budget",
+        )
+        return False
 
     def _run(self, command: Command) -> dict[str, Any] | PublishItem:
         subscriber, hub = self.subscriber, self.hub
@@ -369,6 +404,27 @@ class _Session:
             )
             return {"ref": command.ref, "op": "publish", "id": event.id, "topic": event.topic}
         return {"ref": command.ref, "op": command.op, "topics": sorted(subscriber.topics)}
+
+
+async def _linger(sock: trio.socket.SocketType) -> None:
+    """Half-close, then discard what the client still sends, for up to ``LINGER_SECONDS``.
+
+    Closing a socket with unread input makes the kernel reset the connection, and the
+    client's kernel then drops what it had not yet handed to the client: our close frame
+    (1008 after a flood of commands) would never be read. Reading to the client's end of
+    the stream first lets it arrive. Nothing read is kept.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    with trio.move_on_after(LINGER_SECONDS):
+        while True:
+            try:
+                if not await sock.recv(65536):
+                    return
+            except OSError:
+                return
 
 
 async def _send_quietly(stream: trio.SocketStream, data: bytes) -> bool:

@@ -1,10 +1,20 @@
-"""The engine interface: what an external store implements (the Redis engine).
+"""The engine seam: where events are ordered and kept.
 
-A :class:`Store` orders and keeps the events in place of the hub (see ``facade.py``,
-*Engines*); :class:`~broker.core.items.PublishItem` (re-exported here) is what the edge
-hands to any engine to publish, and :class:`Unavailable` and :class:`NotSupported` are the
-answers an engine can give instead.
-``broker.hub`` re-exports these names.
+The hub composes one :class:`Engine` and asks it everything that differs between engines:
+how a stream gets ready and where it starts, whether the client already has everything,
+how events are appended, how many events a topic keeps in the hub's memory. The hub itself
+never tests which engine runs.
+
+* :class:`~broker.hub.memory.MemoryEngine` (the default, and the mesh's): history in the
+  hub's memory, ids from the node's position vector, synchronous publishing.
+* :class:`StoreEngine` adapts an external :class:`Store` that orders and keeps the events
+  in place of the hub (the Redis engine in ``broker/engines/redis``): publishing awaits the
+  store, and events reach subscribers when the store reads them back
+  (``Hub.deliver_stored``).
+
+:class:`~broker.core.items.PublishItem` (re-exported here) is what the edge hands to any
+engine to publish, and :class:`Unavailable` and :class:`NotSupported` are the answers an
+engine can give instead. ``broker.hub`` re-exports these names.
 """
 
 from __future__ import annotations
@@ -17,8 +27,9 @@ from ..core.errors import ClientError
 from ..core.items import PublishItem as PublishItem
 from .replay import StartAt, StartPlan
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # only the types: the hub and its topic record sit above this module
     from .events import Event
+    from .state import _Topic
 
 
 class Unavailable(ClientError):
@@ -85,6 +96,96 @@ class Store(Protocol):
     def variant_id(self, topics: frozenset[str]) -> str:
         """The id of the event just delivered, for a subscriber of several topics."""
         ...
+
+
+class Engine(Protocol):
+    """Where events are ordered and kept, as the hub sees it (see the module docstring)."""
+
+    #: Publishing is synchronous (``Hub.publish_nowait``, no checkpoint).
+    synchronous: bool
+    #: How many events each topic keeps in the hub's memory (0: the engine keeps them).
+    history_size: int
+
+    async def prepare(
+        self,
+        topics: frozenset[str],
+        resume_from: str | None,
+        start_at: StartAt | None,
+        catchup_seconds: float,
+    ) -> None:
+        """Get ready to plan a stream's start without waiting. Raises Unavailable."""
+        ...
+
+    def plan_start(
+        self,
+        topics: frozenset[str],
+        states: Sequence[_Topic],
+        resume_from: str | None,
+        start_at: StartAt | None,
+    ) -> StartPlan:
+        """What a new stream gets first: notice, retained and missed events."""
+        ...
+
+    def end_position(self, plan: StartPlan) -> str:
+        """The id ``broker.end`` carries when the replay already ends the stream."""
+        ...
+
+    def stream_is_over(self, topics: Sequence[str], resume_from: str) -> bool:
+        """Every topic is closed and ``resume_from`` includes each final event."""
+        ...
+
+    def track_nowait(self, topics: Sequence[str]) -> None:
+        """Follow topics a live subscriber was given (WebSocket ``subscribe``)."""
+        ...
+
+    async def append(
+        self, items: Sequence[PublishItem], *, retain: bool = False, final: bool = False
+    ) -> list[str]:
+        """Order and keep events atomically; return their ids. Raises Unavailable."""
+        ...
+
+
+class StoreEngine:
+    """An external :class:`Store` as the hub's engine."""
+
+    synchronous = False
+    history_size = 0  # the store keeps history; the hub keeps only retained and final events
+
+    def __init__(self, store: Store, topics: Mapping[str, _Topic]) -> None:
+        self.store = store
+        self._topics = topics
+
+    async def prepare(
+        self,
+        topics: frozenset[str],
+        resume_from: str | None,
+        start_at: StartAt | None,
+        catchup_seconds: float,
+    ) -> None:
+        await self.store.prepare(topics, resume_from, start_at)
+
+    def plan_start(
+        self,
+        topics: frozenset[str],
+        states: Sequence[_Topic],
+        resume_from: str | None,
+        start_at: StartAt | None,
+    ) -> StartPlan:
+        return self.store.plan_start(topics, {s.name: s for s in states}, resume_from, start_at)
+
+    def end_position(self, plan: StartPlan) -> str:
+        return plan.position
+
+    def stream_is_over(self, topics: Sequence[str], resume_from: str) -> bool:
+        return self.store.stream_is_over(sorted(topics), self._topics, resume_from)
+
+    def track_nowait(self, topics: Sequence[str]) -> None:
+        self.store.track_nowait(topics)
+
+    async def append(
+        self, items: Sequence[PublishItem], *, retain: bool = False, final: bool = False
+    ) -> list[str]:
+        return await self.store.append(items, retain=retain, final=final)
 
 
 class Journal(Protocol):

@@ -8,26 +8,30 @@ cannot slow the publisher or anyone else. :meth:`Hub.subscribe` is synchronous t
 computes the replay from history and registers the subscriber in one step, so no event can
 fall between replay and live (no gap, no duplicate at the seam).
 
-Ids are position vectors (``positions.py``): this node's origin and, later, the origins of
-its peers; the id of an event is the vector right after it.
+Ids are position vectors (``core/positions.py``): this node's origin and, later, the
+origins of its peers; the id of an event is the vector right after it.
 
-Engines. Where events are ordered and kept is the cluster *engine*, behind one small
-interface. The default engine is the hub itself: history in memory, ids from this node's
-vector, publishing synchronous (``publish_nowait``); the gossip mesh (``cluster/``) only
-adds replication on top of it. The Redis engine is a :class:`Store`: publishing awaits
-it (:meth:`Hub.publish`), and events reach subscribers when the store reads them back
-(:meth:`Hub.deliver_stored`), on the publishing node like on every other. Callers ask
-:attr:`Hub.synchronous` once per request; everything after that (``prepare``,
-``subscribe``, heartbeats, notices, shutdown) is the same call whichever engine runs.
+Engines. Where events are ordered and kept is the hub's *engine* (``engine.py``), which
+the hub composes and never tests for: how a stream gets ready (``prepare``), where it starts
+(``plan_start``), whether a client already has everything, how events are appended, how
+much history a topic keeps in memory. The default :class:`~broker.hub.memory.MemoryEngine`
+keeps history in memory, mints ids from this node's vector and publishes synchronously
+(``publish_nowait``); the gossip mesh (``cluster/``) adds replication on top of it. An
+external :class:`Store` (the Redis engine) becomes the engine through
+:class:`~broker.hub.engine.StoreEngine`: publishing awaits it (:meth:`Hub.publish`), and
+events reach subscribers when the store reads them back (:meth:`Hub.deliver_stored`), on
+the publishing node like on every other. The edge asks :attr:`Hub.synchronous` once per
+publish; everything else (``prepare``, ``subscribe``, heartbeats, notices, shutdown) is the
+same call whichever engine runs.
 
 The hub's parts, one module per concept (each docstring has the details):
 
-* **State** (``hubbase.py``): options, topics, the position vector, counters.
+* **State** (``state.py``): options, topics, the position vector, counters, the engine.
+* **Engines** (``engine.py``, ``memory.py``): the seam, and the default engine.
 * **Publishing** (``publishing.py``): ``publish_nowait``, batches, store deliveries.
-* **Replication** (``replicated.py``): events from mesh peers, gaps, the replication log.
+* **Replication** (``replication.py``): events from mesh peers, gaps, the replication log.
 * **Subscriptions** (``subscriptions.py``): ``prepare``, ``subscribe``, topics added/removed.
 * **Retention** (``retention.py``): retained and final events; clearing, forgetting.
-* **Store** (``store.py``): the interface of an external store, and what engines share.
 
 The durable default. With a :class:`~broker.hub.engine.Journal` (the embedded store,
 ``durable.py``) the hub still orders events and gives their ids, but a publish awaits
@@ -52,6 +56,7 @@ from dataclasses import dataclass
 import trio
 
 from .engine import Journal, NotSupported, PublishItem, Store, Unavailable
+from .memory import JournalEngine
 from .publishing import Publishing
 from .replication import Replicated
 from .retention import Retention
@@ -138,6 +143,8 @@ class Hub(Publishing, Replicated, Subscriptions, Retention):
         self._index = self._delivered_index = recovered.index
         self.retired = dict(recovered.retired)
         self.journal = journal
+        self.engine = JournalEngine(self)
+        self.synchronous = False
         journal.attach(self)
 
     async def expire_topics(self, step: int = 2000) -> int:

@@ -12,6 +12,13 @@ always the event right after the last one handed to the kernel, every dropped ev
 between the subscriber's current position and the first frame of that batch: the notice
 names exactly what was lost. Bytes already in the kernel, or a partly written frame, are
 never in here and never dropped.
+
+Replies share the budget. Per-connection frames that must never be dropped (a WebSocket's
+acks, command errors, pongs) are held by the subscriber, not here, but they *reserve* room
+in this mailbox (:meth:`Mailbox.reserve`) until the kernel has taken them: events make way
+for them (dropped oldest first, as above), and a reservation that the bounds cannot hold
+fails, so the subscriber closes the connection instead of holding more (issue 17: an ack
+flood from a client that never reads grew the broker by 700 MB).
 """
 
 from __future__ import annotations
@@ -45,7 +52,17 @@ class Mailbox:
         max_bytes: most bytes held; one frame larger than this is still held alone.
     """
 
-    __slots__ = ("_frames", "_unreported", "bytes", "dropped", "max_bytes", "max_events", "peak")
+    __slots__ = (
+        "_frames",
+        "_unreported",
+        "bytes",
+        "dropped",
+        "max_bytes",
+        "max_events",
+        "peak",
+        "reserved_bytes",
+        "reserved_frames",
+    )
 
     def __init__(self, *, max_events: int, max_bytes: int) -> None:
         self.max_events = max(1, max_events)
@@ -56,6 +73,8 @@ class Mailbox:
         self.peak = 0
         self.dropped = 0
         self._unreported = 0
+        self.reserved_bytes = 0
+        self.reserved_frames = 0
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -67,13 +86,47 @@ class Mailbox:
             frames = self._frames = deque()
         frames.append((frame, event_id, queued_at))
         self.bytes += len(frame)
-        while len(frames) > 1 and (len(frames) > self.max_events or self.bytes > self.max_bytes):
+        if (
+            len(frames) + self.reserved_frames > self.max_events
+            or self.bytes + self.reserved_bytes > self.max_bytes
+        ):
+            self._make_room(1)
+        if len(frames) > self.peak:
+            self.peak = len(frames)
+
+    def _make_room(self, keep: int) -> None:
+        """Drop the oldest frames (keeping at least ``keep``) until the bounds hold."""
+        frames = self._frames
+        while len(frames) > keep and (
+            len(frames) + self.reserved_frames > self.max_events
+            or self.bytes + self.reserved_bytes > self.max_bytes
+        ):
+            assert isinstance(frames, deque)
             old, _, _ = frames.popleft()
             self.bytes -= len(old)
             self.dropped += 1
             self._unreported += 1
-        if len(frames) > self.peak:
-            self.peak = len(frames)
+
+    def reserve(self, size: int) -> bool:
+        """Reserve room for one never-dropped frame of ``size`` bytes held elsewhere.
+
+        Queued events are dropped (oldest first) to make room. Returns ``False``, reserving
+        nothing, when the reservations alone would pass a bound.
+        """
+        if (
+            self.reserved_bytes + size > self.max_bytes
+            or self.reserved_frames + 1 > self.max_events
+        ):
+            return False
+        self.reserved_bytes += size
+        self.reserved_frames += 1
+        self._make_room(0)
+        return True
+
+    def release(self, size: int, count: int) -> None:
+        """Give back the room of ``count`` reserved frames (``size`` bytes) once written."""
+        self.reserved_bytes -= size
+        self.reserved_frames -= count
 
     def oldest(self) -> float | None:
         """When the oldest queued frame was queued (``None`` if empty)."""
@@ -108,6 +161,8 @@ class Mailbox:
         """Forget everything queued (the connection is gone)."""
         self._frames = ()
         self.bytes = 0
+        self.reserved_bytes = 0
+        self.reserved_frames = 0
 
     def statistics(self) -> MailboxStatistics:
         return MailboxStatistics(len(self._frames), self.bytes, self.peak, self.dropped)

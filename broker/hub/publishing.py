@@ -58,7 +58,7 @@ class Publishing(HubBase):
         state = self._topics.get(topic)
         if state is not None and state.final is not None:
             raise TopicClosed(f"topic {topic!r} was closed by a final event")
-        if self.store is not None:
+        if not self.synchronous:
             raise NotSupported("this engine publishes asynchronously: POST /topics/{topic}")
         self._seq += 1
         self._index += 1
@@ -121,22 +121,7 @@ class Publishing(HubBase):
         Raises:
             TopicClosed, Unavailable (the store is unreachable: nothing was stored).
         """
-        if self.store is not None:
-            return await self.store.append(items, retain=retain, final=final)
-        if self.journal is not None:
-            return await self._publish_durably(items, retain, final)
-        if len(items) == 1:
-            item = items[0]
-            event = self.publish_nowait(
-                item.topic,
-                item.data,
-                event_type=item.event_type,
-                is_json=item.is_json,
-                retain=retain,
-                final=final,
-            )
-            return [event.id]
-        return [e.id for e in self.publish_batch_nowait(items)]
+        return await self.engine.append(items, retain=retain, final=final)
 
     # -- publishing through the journal (durable.py) ---------------------------------------
 

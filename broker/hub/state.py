@@ -15,9 +15,11 @@ from typing import Final
 import trio
 
 from ..core import positions
-from .engine import Journal, Store
+from ..core.items import PublishItem
+from .engine import Engine, Journal, Store, StoreEngine
 from .events import Event
 from .history import TopicHistory
+from .memory import MemoryEngine
 from .subscriber import LatencyHistogram, Subscriber
 
 #: Base reconnection delay announced to clients (SSE ``retry:``).
@@ -53,7 +55,10 @@ class HubBase:
     behind: Callable[[str | None], bool]  # replicated.py: the client saw more than we have
     wait_caught_up: Callable[[str, float], Awaitable[bool]]  # replicated.py
     _shutdown_notice: Callable[[Subscriber], bytes]  # hub.py: broker.shutdown + goodbye
+    publish_nowait: Callable[..., Event]  # publishing.py: the memory engine's append
+    publish_batch_nowait: Callable[[Iterable[PublishItem]], list[Event]]  # publishing.py
     load_topics: Callable[[Iterable[str]], Awaitable[None]]  # retention.py (journal)
+    _publish_durably: Callable[..., Awaitable[list[str]]]  # publishing.py (journal)
 
     def __init__(
         self,
@@ -110,8 +115,11 @@ class HubBase:
         self._delivered_by_gone = 0
         self._dropped_by_gone = 0
         self.evicted = 0
-        #: The external store (Redis engine), or ``None``: the hub keeps events itself.
-        self.store: Store | None = None
+        self._store: Store | None = None
+        #: Where events are ordered and kept (``engine.py``); the memory engine by default.
+        self.engine: Engine = MemoryEngine(self)
+        #: Publishing is synchronous (``publish_nowait``): the engine keeps no external store.
+        self.synchronous = True
         #: Coalescing (hub.py's flusher task): topics published since it last ran, and the
         #: subscribers whose direct writes wait for it.
         self._coalescing = False
@@ -120,7 +128,13 @@ class HubBase:
         self._held: list[Subscriber] = []
 
     @property
-    def synchronous(self) -> bool:
-        """Publishing is synchronous (``publish_nowait``): the in-memory/mesh engine
-        without a journal (with one, a publish awaits its group commit)."""
-        return self.store is None and self.journal is None
+    def store(self) -> Store | None:
+        """The external store that orders and keeps events (the Redis engine), if any."""
+        return self._store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        """Make ``store`` the hub's engine (the engine does this as it starts)."""
+        self._store = store
+        self.engine = StoreEngine(store, self._topics)
+        self.synchronous = self.engine.synchronous

@@ -11,9 +11,24 @@ Order per subscriber is kept because nothing is written directly while anything 
 
 Lifetime. A subscriber belongs to one connection task, which owns the nursery the writer
 runs in and the cancel scope :meth:`end` cancels. The connection ends when the client goes
-away, when a write fails, when the client stops reading for ``send_timeout`` seconds
+away, when a write fails, when the client falls behind for ``send_timeout`` seconds
 (evicted, so a frozen client never holds memory or a writer), or after the final
 ``broker.shutdown`` notice was flushed.
+
+Eviction is on progress, not on "any byte written": the writer runs only while something
+is pending, and it judges the client at the end of each ``send_timeout`` window of that
+run. A client that took no bytes in a window is evicted (frozen). From the second window
+on, a client that took fewer bytes than were queued for it meanwhile is evicted if it also
+lost events to drop-oldest or its pending bytes did not shrink since the last judgment: it
+drains slower than it is fed. A client that drains its queue ends the writer (and so the
+windows); one that works through a burst or a backlog shows it shrinking. A client that
+reads a few bytes now and then while the broker feeds it more is therefore evicted within
+two windows (issue 17).
+
+Replies are bounded: :meth:`send_control` frames (acks, errors, pongs) are never dropped,
+but they reserve room in the mailbox's budget until written (``mailbox.py``); when the
+budget cannot hold one more, :meth:`send_control` returns ``False`` and the connection
+closes the stream with :meth:`abort`.
 """
 
 from __future__ import annotations
@@ -84,10 +99,19 @@ class Codec(Protocol):
     @property
     def ended(self) -> bytes: ...
 
+    @property
+    def expired(self) -> bytes:
+        """Written after ``broker.auth_expired`` (WebSocket: a close frame)."""
+        ...
+
     def frame(self, event: Event) -> bytes: ...
 
     def notice(
-        self, event_type: str, event_id: str, payload: dict[str, Any], retry_ms: int | None = None
+        self,
+        event_type: str,
+        event_id: str | None,
+        payload: dict[str, Any],
+        retry_ms: int | None = None,
     ) -> bytes: ...
 
 
@@ -126,7 +150,8 @@ class Subscriber:
             cancels it to finish the stream.
         position: the id the client's stream is at (its start position).
         max_events, max_bytes: the mailbox bounds.
-        send_timeout: seconds a client may take no bytes before it is evicted.
+        send_timeout: seconds a client may fall behind (take fewer bytes than it is fed,
+            or none) before it is evicted.
         name: for log lines (peer address).
         latency: where queued deliveries record how long they waited.
         cancel_scope: what :meth:`end` cancels instead of the nursery's own scope (tests
@@ -136,8 +161,11 @@ class Subscriber:
     __slots__ = (
         "_backlog",
         "_cancel_scope",
+        "_close_reason",
         "_control",
+        "_control_bytes",
         "_corked",
+        "_fed",
         "_final",
         "_nursery",
         "_tail",
@@ -187,6 +215,11 @@ class Subscriber:
         self._final: bytes | None = None
         self._backlog: deque[Event] | tuple[()] = ()  # made on first replay
         self._control: list[bytes] = []
+        #: Reserved (bytes, frames) of control frames handed to the writer, not yet written.
+        self._control_bytes = (0, 0)
+        #: Bytes queued while busy (mailbox, notices, control), for the progress check.
+        self._fed = 0
+        self._close_reason = "closed"
         self._corked: list[bytes] | None = None
         self.delivered = 0
         self.seen_writes = 0
@@ -202,7 +235,9 @@ class Subscriber:
         """Deliver one event: write it now if idle, else queue it (drop-oldest)."""
         if self.busy:
             if self._final is None:
-                self.mailbox.put_nowait(self.frame(event), event.id, trio.current_time())
+                frame = self.frame(event)
+                self._fed += len(frame)
+                self.mailbox.put_nowait(frame, event.id, trio.current_time())
             return
         if self.ended or self._final is not None:
             return
@@ -214,23 +249,48 @@ class Subscriber:
     def offer_notice(self, frame: bytes, event_id: str) -> None:
         """Deliver a notice that sets the stream position (``broker.start``/``reset``)."""
         if self.busy:
+            self._fed += len(frame)
             self.mailbox.put_nowait(frame, event_id)
         elif not self.ended:
             self.position = event_id
             self._write_through(frame)
 
-    def send_control(self, frame: bytes) -> None:
-        """Send a per-connection frame that is never dropped (pong, ack, close).
+    def send_control(self, frame: bytes) -> bool:
+        """Send a per-connection frame that is never dropped (pong, ack, error).
 
         It goes out right after any partly written frame, ahead of queued events, so it
-        never splits a frame on the wire.
+        never splits a frame on the wire. While the client is behind, it is held against
+        the mailbox's budget (queued events make way for it).
+
+        Returns:
+            ``False`` if the budget cannot hold it (nothing was queued): the caller should
+            :meth:`abort` the stream. ``True`` otherwise (also once the stream has ended).
         """
-        if self.ended:
-            return
+        if self.ended or self._final is not None:
+            return True
         if self.busy:
+            if not self.mailbox.reserve(len(frame)):
+                return False
+            self._fed += len(frame)
             self._control.append(frame)
         else:
             self._write_through(frame)
+        return True
+
+    def abort(self, final_frame: bytes, reason: str) -> None:
+        """Close now: discard what is pending, then send ``final_frame`` and end.
+
+        Only a partly written frame is finished first (the wire must stay framed). For a
+        client over its budget: nothing more is held for it, and it still learns why.
+        """
+        if self.ended or self._final is not None:
+            return
+        self._corked = None
+        self._control.clear()
+        self._backlog = ()
+        self.mailbox.clear()
+        self._control_bytes = (0, 0)
+        self.close(final_frame, reason)
 
     def replay(self, events: list[Event]) -> None:
         """Deliver events from history ahead of everything offered later.
@@ -279,13 +339,17 @@ class Subscriber:
         else:
             self._write_through(data)
 
-    def close(self, final_frame: bytes | None) -> None:
-        """Finish the stream: flush what is pending, then ``final_frame``, then end."""
+    def close(self, final_frame: bytes | None, reason: str = "closed") -> None:
+        """Finish the stream: flush what is pending, then ``final_frame``, then end.
+
+        ``reason`` is the :attr:`end_reason` once it has ended so (for the close log line).
+        """
         if self.ended or self._final is not None:
             return
+        self._close_reason = reason
         self.uncork()
         if final_frame is None:
-            self.end("closed")
+            self.end(reason)
             return
         if self.busy:
             self._final = final_frame
@@ -293,7 +357,7 @@ class Subscriber:
         self._final = b""  # in flight: the stream ends once it is written
         self._write_through(final_frame)
         if not self.busy:
-            self.end("closed")
+            self.end(reason)
 
     @property
     def closing(self) -> bool:
@@ -326,14 +390,19 @@ class Subscriber:
             self._nursery.start_soon(self._writer_task)
 
     async def _writer_task(self) -> None:
-        """Flush the tail and the mailbox while the kernel pushes back; then exit."""
+        """Flush the tail and the mailbox while the kernel pushes back; then exit.
+
+        Judges progress once per ``send_timeout`` window (see the module docstring).
+        """
         mailbox = self.mailbox
+        window_end = trio.current_time() + self.send_timeout
+        fed_before, dropped_before, drained = self._fed, mailbox.dropped, 0
+        pending_before: int | None = None  # none before the first judgment
         try:
             while not self.ended:
                 data = self._tail
                 if not data and self._control:
-                    data = b"".join(self._control)
-                    self._control.clear()
+                    data = self._take_control()
                 if not data and self._backlog:
                     data = self._take_backlog()
                 if not data:
@@ -352,20 +421,57 @@ class Subscriber:
                         frames = [self._final]
                         self._final = b""  # written below; the stream ends after it
                     data = frames[0] if len(frames) == 1 else b"".join(frames)
-                with trio.move_on_after(self.send_timeout) as timer:
+                sent = 0
+                with trio.move_on_at(window_end):
                     sent = await self.sink.send(data)
-                if timer.cancelled_caught:
-                    log.info("%s: evicted, took no bytes for %.0f s", self, self.send_timeout)
-                    self.end("evicted")
-                    return
+                drained += sent
                 self._tail = memoryview(data)[sent:] if sent < len(data) else b""
+                if not self._tail and self._control_bytes[1]:
+                    mailbox.release(*self._control_bytes)
+                    self._control_bytes = (0, 0)
                 if not self._tail and self._final == b"" and not len(mailbox):
-                    self.end("closed")
+                    self.end(self._close_reason)
                     return
+                now = trio.current_time()
+                if now >= window_end:
+                    fed = self._fed - fed_before
+                    pending = len(self._tail) + mailbox.bytes + mailbox.reserved_bytes
+                    behind = pending_before is not None and (
+                        drained < fed
+                        and (mailbox.dropped > dropped_before or pending >= pending_before)
+                    )
+                    if drained == 0 or behind:
+                        log.info(
+                            "%s: evicted, took %d bytes in %.1f s while %d were queued for it",
+                            self,
+                            drained,
+                            self.send_timeout,
+                            fed,
+                        )
+                        self.end("evicted")
+                        return
+                    window_end = now + self.send_timeout
+                    fed_before, dropped_before, drained = self._fed, mailbox.dropped, 0
+                    pending_before = pending
         except SinkBroken:
             self.end("gone")
         finally:
             self.busy = False
+
+    def _take_control(self) -> bytes:
+        """The oldest control frames, up to about ``BATCH_BYTES`` (at least one).
+
+        Batched like the mailbox, so :meth:`abort` finds the rest unwritten and drops it.
+        """
+        control = self._control
+        count, size = 0, 0
+        while count < len(control) and (not count or size + len(control[count]) <= BATCH_BYTES):
+            size += len(control[count])
+            count += 1
+        data = control[0] if count == 1 else b"".join(control[:count])
+        del control[:count]
+        self._control_bytes = (size, count)
+        return data
 
     def _take_backlog(self) -> bytes:
         backlog, frame = self._backlog, self.frame

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from ..core import positions
-from .replay import StartAt, has_everything, plan_start
+from .replay import StartAt
 from .state import HubBase, _Topic
 from .subscriber import Subscriber
 
@@ -36,17 +36,7 @@ class Subscriptions(HubBase):
         Raises:
             Unavailable: the store cannot be reached (the stream cannot start now).
         """
-        if self.store is not None:
-            await self.store.prepare(frozenset(topics), resume_from, start_at)
-            return
-        if self.journal is not None:
-            topics = list(topics)
-            missing = [t for t in topics if t not in self._topics or t in self._partial]
-            if missing:  # expired, or not read since the start: the store has them
-                await self.load_topics(missing)
-        if catchup_seconds and self.behind(resume_from):
-            assert resume_from is not None
-            await self.wait_caught_up(resume_from, catchup_seconds)
+        await self.engine.prepare(frozenset(topics), resume_from, start_at, catchup_seconds)
 
     @property
     def position(self) -> str:
@@ -70,27 +60,14 @@ class Subscriptions(HubBase):
         then every live event. On exit, by any path, it is removed.
         """
         topic_set = frozenset(topics)
+        engine = self.engine
         states = []
         for topic in topic_set:
             state = self._topics.get(topic)
             if state is None:
-                state = self._topics[topic] = _Topic(
-                    topic, self.history_size if self.store is None else 0
-                )
+                state = self._topics[topic] = _Topic(topic, engine.history_size)
             states.append(state)
-        if self.store is not None:
-            plan = self.store.plan_start(
-                topic_set, {s.name: s for s in states}, resume_from, start_at
-            )
-        else:
-            plan = plan_start(
-                self._vector,
-                states,
-                resume_from=resume_from,
-                start_at=start_at,
-                floor=self.floor,
-                retired=self.retired,
-            )
+        plan = engine.plan_start(topic_set, states, resume_from, start_at)
         subscriber.topics = topic_set
         self._subscribers[subscriber] = None
         for state in states:
@@ -105,9 +82,7 @@ class Subscriptions(HubBase):
             subscriber.close(self._shutdown_notice(subscriber))
         subscriber.replay([e.with_id(plan.position) for e in plan.first] + plan.events)
         if plan.ended:
-            position = (
-                positions.format_position(self._vector) if self.store is None else plan.position
-            )
+            position = engine.end_position(plan)
             subscriber.close(
                 b"".join(
                     codec.notice("broker.end", position, {"topic": t}) for t in sorted(topic_set)
@@ -128,13 +103,7 @@ class Subscriptions(HubBase):
         """The topics are all closed and ``resume_from`` already includes their final events."""
         if resume_from is None:
             return False
-        if self.store is not None:
-            return self.store.stream_is_over(sorted(topics), self._topics, resume_from)
-        states = [self._topics.get(t) for t in topics]
-        if any(s is None for s in states):
-            return False
-        # None was ruled out just above; mypy does not narrow a list through any().
-        return has_everything(self._vector, states, resume_from)  # type: ignore[arg-type]
+        return self.engine.stream_is_over(sorted(topics), resume_from)
 
     def add_topics(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
         """Add live topics to a registered subscriber (WebSocket ``subscribe``)."""
@@ -142,15 +111,12 @@ class Subscriptions(HubBase):
         for topic in topics:
             state = self._topics.get(topic)
             if state is None:
-                state = self._topics[topic] = _Topic(
-                    topic, self.history_size if self.store is None else 0
-                )
+                state = self._topics[topic] = _Topic(topic, self.engine.history_size)
                 if self.journal is not None:  # its state is read back before a publish
                     self._partial.add(topic)
             state.subscribers[subscriber] = None
         subscriber.topics = subscriber.topics.union(topics)
-        if self.store is not None:
-            self.store.track_nowait(topics)
+        self.engine.track_nowait(topics)
 
     def remove_topics(self, subscriber: Subscriber, topics: Iterable[str]) -> None:
         """Remove topics from a registered subscriber (WebSocket ``unsubscribe``)."""

@@ -38,10 +38,14 @@ def data_lines(data: str) -> str:
 
 
 def encode_frame(
-    event_id: str, event_type: str | None, data: str, *, retry_ms: int | None = None
+    event_id: str | None, event_type: str | None, data: str, *, retry_ms: int | None = None
 ) -> bytes:
-    """One complete SSE event: ``id``, optional ``event`` and ``retry``, data, blank line."""
-    head = f"id: {event_id}\n"
+    """One complete SSE event: ``id``, optional ``event`` and ``retry``, data, blank line.
+
+    ``event_id=None`` writes no ``id:`` line, so the client's last event id stays as it was
+    (an empty ``id:`` would reset it).
+    """
+    head = f"id: {event_id}\n" if event_id is not None else ""
     if event_type is not None:
         head += f"event: {event_type}\n"
     if retry_ms is not None:
@@ -50,7 +54,7 @@ def encode_frame(
 
 
 def encode_notice(
-    event_id: str, event_type: str, payload: dict[str, Any], *, retry_ms: int | None = None
+    event_id: str | None, event_type: str, payload: dict[str, Any], *, retry_ms: int | None = None
 ) -> bytes:
     """A ``broker.*`` notice: a real event with JSON data (never a data-less block)."""
     data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
@@ -81,6 +85,7 @@ class SseCodec:
 
     goodbye: Final = b""
     ended: Final = b""
+    expired: Final = b""
 
     def __init__(self, *, envelope: bool = False) -> None:
         self.envelope = envelope
@@ -89,17 +94,20 @@ class SseCodec:
         self.frame = _sse_envelope_of if envelope else _sse_of
 
     def notice(
-        self, event_type: str, event_id: str, payload: dict[str, Any], retry_ms: int | None = None
+        self,
+        event_type: str,
+        event_id: str | None,
+        payload: dict[str, Any],
+        retry_ms: int | None = None,
     ) -> bytes:
+        """A ``broker.*`` notice; ``event_id=None``: no id (the client's position stays)."""
         if not self.envelope:
             return encode_notice(event_id, event_type, payload, retry_ms=retry_ms)
         data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-        return encode_frame(
-            event_id,
-            event_type,
-            envelope_json(event_id, None, event_type, data),
-            retry_ms=retry_ms,
-        )
+        envelope = envelope_json(event_id or "", None, event_type, data)
+        if event_id is None:
+            envelope = '{"id":null' + envelope[len('{"id":""') :]
+        return encode_frame(event_id, event_type, envelope, retry_ms=retry_ms)
 
 
 def _sse_of(event: Any) -> bytes:

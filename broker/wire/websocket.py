@@ -30,6 +30,7 @@ SUBPROTOCOL_MSGPACK: Final = "broker.msgpack"
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_PROTOCOL_ERROR: Final = 1002
+CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL_ERROR: Final = 1011
 
@@ -53,6 +54,7 @@ def close_frame(code: int, reason: str = "") -> bytes:
 #: Sent when a connection was silent: the client must answer with a pong.
 PING: Final = encode_frame(OP_PING, b"")
 GOING_AWAY: Final = close_frame(CLOSE_GOING_AWAY, "broker shutting down")
+TOKEN_EXPIRED: Final = close_frame(CLOSE_POLICY_VIOLATION, "token expired")
 
 
 def _notice_object(
@@ -76,6 +78,8 @@ class WsCodec:
         self.goodbye = GOING_AWAY
         #: Written after ``broker.end`` when every topic of the connection has ended.
         self.ended = close_frame(CLOSE_NORMAL, "topics ended")
+        #: Written after ``broker.auth_expired`` (the token that opened the stream expired).
+        self.expired = TOKEN_EXPIRED
 
     def message(self, obj: dict[str, Any]) -> bytes:
         if self.binary:

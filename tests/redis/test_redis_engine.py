@@ -9,6 +9,7 @@ import time
 
 import coredis
 import httpx
+import jwt
 import trio
 from trio_websocket import open_websocket_url
 
@@ -385,4 +386,31 @@ async def test_hot_routes_on_hypercorn_connections_use_the_engine_too(redis_serv
             assert b"broker.start" in received
             await conn.aclose()
             await watch.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_clearing_and_forgetting_need_a_token_on_the_redis_engine(redis_server, key_prefix):
+    """Issue 17: DELETE needed no token; on a store it wipes the topic for every node."""
+    secret = "a-shared-secret-that-is-long-enough-32"
+
+    def bearer(claims):
+        signed = jwt.encode({"exp": time.time() + 600, **claims}, secret, algorithm="HS256")
+        return {"Authorization": f"Bearer {signed}"}
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            node = await start_redis_node(
+                nursery, redis_server.url, key_prefix, auth={"secret": secret}
+            )
+            async with httpx.AsyncClient(base_url=node.url) as client:
+                owner, other = bearer({"publish": ["job"]}), bearer({"publish": ["x"]})
+                published = await client.post("/topics/job?retain=1", json=1, headers=owner)
+                assert published.status_code == 202
+                for path in ("/topics/job/retained", "/topics/job"):
+                    assert (await client.delete(path)).status_code == 401
+                    assert (await client.delete(path, headers=other)).status_code == 403
+                cleared = await client.delete("/topics/job/retained", headers=owner)
+                assert cleared.json() == {"topic": "job", "cleared": 1}
+                forgotten = await client.delete("/topics/job", headers=bearer({"admin": True}))
+                assert forgotten.json() == {"topic": "job", "forgotten": True}
             nursery.cancel_scope.cancel()

@@ -44,8 +44,18 @@
  * when SSE streams go quiet past the heartbeat window twice in a row (the second one having
  * delivered nothing after its start notice). After several SSE
  * connection errors in a row the next attempt probes WebSocket once: if it opens the client
- * stays there, if not the broker is simply down and the client goes back to SSE. Once a
- * WebSocket has opened, the client stays on WebSocket.
+ * uses it, if not the broker is simply down and the client goes back to SSE.
+ *
+ * Why the client is on WebSocket decides whether it comes back (`#fallbackReason`): a missing
+ * EventSource and a buffering proxy (no first frame, or quiet streams) are facts about the
+ * path, so it stays. SSE errors are not: the usual cause is a broker that restarted, and the
+ * probe that "worked" was simply the first attempt after it came back. So after an error
+ * fallback every later reconnect tries SSE first, and `sseRetryMs` after the WebSocket opened
+ * (at a moment with no events for a second, postponed at most ten times) the client switches
+ * back on its own. Such an SSE trial that fails before opening goes straight back to
+ * WebSocket, and the next timed trial waits twice as long (up to 10 min). Either way the
+ * switch is a reconnect with the resume id, so nothing is missed and the seen-set keeps
+ * every id to one delivery.
  *
  * Quiet detection needs heartbeats the page can see. SSE comment heartbeats (`:`) are
  * invisible to EventSource and WebSocket pings are invisible to JavaScript, so the window
@@ -81,6 +91,10 @@ const QUIET_FACTOR = 2.5; // heartbeat window = 2.5 × heartbeat interval
 const DEFAULT_OPEN_TIMEOUT_MS = 10000;
 const QUIET_STREAKS_BEFORE_FALLBACK = 2;
 const SSE_ERRORS_BEFORE_WS_PROBE = 3;
+const DEFAULT_SSE_RETRY_MS = 30000; // after an error fallback, try SSE again this long after
+const SSE_RETRY_MAX_MS = 600000; // ... doubling after each failed trial, up to this
+const SSE_RETRY_QUIET_MS = 1000; // switch back at a moment without events for this long ...
+const SSE_RETRY_MAX_POSTPONES = 10; // ... but postpone at most this often
 const SEEN_IDS_LIMIT = 10000;
 
 /** An error answer from the broker (`{"error": MESSAGE, "code": CODE}` with a 4xx/5xx status). */
@@ -127,6 +141,8 @@ export class BrokerError extends Error {
  * @param {number} [options.jitter=0.1] each delay is multiplied by 1 ± jitter
  * @param {number} [options.openTimeoutMs=10000] how long a connection may take to deliver
  *   its first frame
+ * @param {number} [options.sseRetryMs=30000] after falling back to WebSocket because of SSE
+ *   errors, how long to stay there before trying SSE again (later reconnects try it anyway)
  * @param {string[]} [options.eventTypes=[]] named SSE event types to listen for as well; only
  *   needed against a broker that writes `event:` lines for user events in envelope mode
  * @returns {Subscription}
@@ -195,10 +211,14 @@ export class Subscription {
   #sseErrors = 0; // SSE attempts in a row that failed before opening
   #quietStreak = 0; // SSE connections in a row that ended by going quiet
   #probing = false; // trying WebSocket once to tell "SSE blocked" from "broker down"
-  #wsOpened = false;
+  #fallbackReason = null; // why on WebSocket: 'no EventSource', 'buffering' (both stay), 'errors'
+  #sseTrial = false; // this SSE attempt is a try to come back from an error fallback
+  #sseRetryMs; // delay of the next timed SSE trial (doubles after each failed one)
+  #sseRetryEvents = 0; // events delivered when the trial timer was (re)armed
+  #sseRetryPostponed = 0;
   #heartbeatsSeen = false;
   #heartbeatMs;
-  #timers = { open: null, quiet: null, reconnect: null };
+  #timers = { open: null, quiet: null, reconnect: null, sseRetry: null };
   #onOnline = () => this.#reconnectNow('online');
 
   constructor(baseUrl, topics, options) {
@@ -219,7 +239,9 @@ export class Subscription {
       last: options.last ?? null,
       since: options.since ?? null,
       maxAttempts: options.maxAttempts ?? Infinity,
+      sseRetryMs: options.sseRetryMs ?? DEFAULT_SSE_RETRY_MS,
     };
+    this.#sseRetryMs = this.#opts.sseRetryMs;
     if (!(this.#opts.maxAttempts >= 1)) throw new TypeError('subscribe: maxAttempts must be at least 1');
     this.#heartbeatMs = 1000 * (options.heartbeatSeconds ?? DEFAULT_HEARTBEAT_SECONDS);
     this.#lastEventId = options.lastEventId || null;
@@ -230,6 +252,7 @@ export class Subscription {
       throw new TypeError('subscribe: this browser has neither EventSource nor WebSocket');
     }
     this.#transport = mode === 'ws' || (mode === 'auto' && !hasSse) ? 'ws' : 'sse';
+    if (mode === 'auto' && !hasSse) this.#fallbackReason = 'no EventSource';
     globalThis.addEventListener?.('online', this.#onOnline);
     // The first status is reported from a microtask, so that `onStatus` can already use the
     // object `subscribe()` returned.
@@ -329,6 +352,10 @@ export class Subscription {
 
   #connect() {
     if (this.#status === STATUS.CLOSED) return;
+    if (this.#transport === 'ws' && this.#fallbackReason === 'errors' && !this.#probing) {
+      this.#transport = 'sse'; // SSE failed on errors, not on the path: see if it works again
+      this.#sseTrial = true;
+    }
     const gen = ++this.#gen;
     this.#opened = false;
     this.#stats.attempts += 1;
@@ -425,6 +452,7 @@ export class Subscription {
     this.#gen += 1;
     clearTimeout(this.#timers.open);
     clearTimeout(this.#timers.quiet);
+    clearTimeout(this.#timers.sseRetry);
     if (this.#conn) this.#conn.close();
     this.#conn = null;
   }
@@ -450,12 +478,40 @@ export class Subscription {
     this.#failures = 0;
     this.#stats.opens += 1;
     this.#stats.openedAt = Date.now();
-    if (this.#transport === 'sse') this.#sseErrors = 0;
-    else {
-      this.#wsOpened = true;
+    let reason = 'stream started';
+    if (this.#transport === 'sse') {
+      this.#sseErrors = 0;
+      if (this.#sseTrial) reason = 'back on SSE';
+      this.#sseTrial = false;
+      this.#fallbackReason = null;
+      this.#sseRetryMs = this.#opts.sseRetryMs;
+    } else {
+      if (this.#probing) this.#fallbackReason = 'errors';
       this.#probing = false;
+      if (this.#fallbackReason === 'errors') this.#armSseRetry(this.#gen, this.#sseRetryMs);
     }
-    this.#setStatus(STATUS.OPEN, 'stream started');
+    this.#setStatus(STATUS.OPEN, reason);
+  }
+
+  #armSseRetry(gen, delayMs) {
+    clearTimeout(this.#timers.sseRetry);
+    this.#sseRetryEvents = this.#stats.events;
+    this.#timers.sseRetry = setTimeout(() => this.#onSseRetry(gen), delayMs);
+  }
+
+  /** Time to see whether SSE works again: at a quiet moment, reconnect (resuming) over SSE. */
+  #onSseRetry(gen) {
+    if (gen !== this.#gen) return;
+    if (this.#stats.events !== this.#sseRetryEvents && this.#sseRetryPostponed < SSE_RETRY_MAX_POSTPONES) {
+      this.#sseRetryPostponed += 1; // events are flowing: wait for a pause
+      this.#armSseRetry(gen, SSE_RETRY_QUIET_MS);
+      return;
+    }
+    this.#sseRetryPostponed = 0;
+    this.#teardown();
+    this.#setStatus(STATUS.RECONNECTING, 'trying SSE again', 0);
+    if (this.#status === STATUS.CLOSED) return; // closed from the onStatus callback
+    this.#connect();
   }
 
   #onUserEvent(env) {
@@ -531,9 +587,10 @@ export class Subscription {
   #onOpenTimeout(gen) {
     if (gen !== this.#gen) return;
     this.#teardown();
+    this.#sseTrial = false;
     if (this.#attemptFailed('stream did not start')) return;
     if (this.#transport === 'sse' && this.#opts.mode === 'auto') {
-      this.#switchToWs('SSE stream did not start');
+      this.#switchToWs('SSE stream did not start'); // a buffering proxy: stay on WebSocket
       return;
     }
     if (this.#probing) {
@@ -548,7 +605,17 @@ export class Subscription {
     const wasOpen = this.#opened;
     this.#teardown();
     this.#quietStreak = 0;
+    const trial = this.#sseTrial;
+    this.#sseTrial = false;
     if (!wasOpen && this.#attemptFailed(reason)) return;
+    if (!wasOpen && trial) {
+      // SSE still fails where WebSocket worked: back to WebSocket now, try SSE later.
+      this.#sseRetryMs = Math.min(2 * this.#sseRetryMs, SSE_RETRY_MAX_MS);
+      this.#probing = true; // if WebSocket fails too, the broker is down: the usual loop
+      this.#transport = 'ws';
+      this.#scheduleReconnect(0, `${reason}; back to WebSocket`, STATUS.FALLBACK);
+      return;
+    }
     if (!wasOpen && this.#transport === 'sse' && this.#opts.mode === 'auto') {
       this.#sseErrors += 1;
       if (this.#sseErrors >= SSE_ERRORS_BEFORE_WS_PROBE) {
@@ -572,13 +639,17 @@ export class Subscription {
     if (this.#failures < this.#opts.maxAttempts) return false;
     clearTimeout(this.#timers.reconnect);
     this.#probing = false;
-    if (this.#opts.mode === 'auto' && !this.#wsOpened) this.#transport = 'sse';
+    this.#sseTrial = false;
+    if (this.#opts.mode === 'auto' && this.#fallbackReason !== 'no EventSource' && this.#fallbackReason !== 'buffering') {
+      this.#transport = 'sse';
+    }
     this.#setStatus(STATUS.FAILED, `${reason}; gave up after ${this.#failures} attempts`);
     return true;
   }
 
   #switchToWs(reason) {
     this.#transport = 'ws';
+    if (!this.#probing) this.#fallbackReason = 'buffering';
     this.#scheduleReconnect(this.#probing ? null : 0, reason, STATUS.FALLBACK);
   }
 

@@ -1,1 +1,0 @@
-../../broker/control/static/broker-client.js
