@@ -7,6 +7,10 @@ never tests which engine runs.
 
 * :class:`~broker.hub.memory.MemoryEngine` (the default, and the mesh's): history in the
   hub's memory, ids from the node's position vector, synchronous publishing.
+* :class:`~broker.hub.memory.JournalEngine` (``[storage] kind = "durable"``, the
+  default of ``broker run``): the memory engine with a :class:`Journal` under it (the
+  embedded store in ``broker/engines/durable.py``); a publish awaits its group commit and
+  is delivered after it, and topics that left memory are read back from the journal.
 * :class:`StoreEngine` adapts an external :class:`Store` that orders and keeps the events
   in place of the hub (the Redis engine in ``broker/engines/redis``): publishing awaits the
   store, and events reach subscribers when the store reads them back
@@ -196,7 +200,8 @@ class Journal(Protocol):
     (position vectors, so the mesh and resume work unchanged) and only makes them durable
     before delivery. The hub gives a publish its ids, :meth:`append`\ s the events, and
     the journal calls back ``hub.deliver_committed(events)`` once they are committed (or
-    ``hub.abandon_staged(events)`` when they could not be), in the order appended.
+    ``hub.abandon_staged(events)`` when they could not be), in the order appended. The
+    hub's engine is then :class:`~broker.hub.memory.JournalEngine`.
     """
 
     #: Why the store cannot write right now (``/readyz``), or ``None``.
