@@ -29,6 +29,7 @@ import trio
 
 from .cluster import Cluster, ClusterOptions, open_cluster
 from .config import Settings
+from .control.admin import install_admin
 from .control.app import create_app
 from .control.handoff import ControlPlane, server_ssl_context
 from .control.metrics import make_registry
@@ -138,8 +139,12 @@ async def serve(
         )
         catchup = settings.cluster.catchup_seconds if clustered else 0.0
         streams = Streams(hub, policy, limits, catchup_seconds=catchup)
-        # Quart types asgi_app as its own method; HotRoutes is an ASGI callable in its place.
-        app.asgi_app = HotRoutes(app.asgi_app, streams)  # type: ignore[method-assign,assignment]
+        # Quart types asgi_app as its own method; the admin routes, then HotRoutes, are ASGI
+        # callables in its place.
+        hot = HotRoutes(app.asgi_app, streams)
+        app.asgi_app = install_admin(  # type: ignore[method-assign,assignment]
+            app, hot, lambda: running, policy
+        )
         tls = settings.tls
         control = ControlPlane(
             app,
@@ -249,7 +254,7 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
     stats: dict[str, Any] = {
         "connections": server.dataplane.statistics().connections,
         "streams": server.streams.statistics().open,
-        "handed_off_connections": server.control.connections,
+        "handed_off_connections": server.control.statistics().connections,
         "request_timeouts": server.dataplane.statistics().request_timeouts,
         "accept_failures": accept.failures,
         "connections_closed_for_room": server.dataplane.statistics().closed_for_room,
@@ -257,7 +262,7 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
     if server.cluster is not None:
         stats["cluster"] = server.cluster.statistics()
     if server.store is not None:
-        stats["cluster"] = server.store.statistics()
+        stats["cluster"] = asdict(server.store.statistics())
     journal = server.hub.journal
     if journal is not None:
         stats["storage"] = asdict(journal.statistics())  # type: ignore[attr-defined]

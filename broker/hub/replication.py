@@ -10,6 +10,7 @@ has caught up with what it saw (:meth:`~Replicated.wait_caught_up`).
 from __future__ import annotations
 
 import logging
+import time
 from itertools import islice
 
 import trio
@@ -62,6 +63,7 @@ class Replicated(HubBase):
         self._index += 1
         accepted[origin] = seq
         self.replicated_in += 1
+        self.replication_delay[origin] = time.time() - published_at
         state = self._topics.get(topic)
         if self.journal is None and state is not None and state.final is not None:
             self._progress.set()
