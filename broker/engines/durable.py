@@ -544,8 +544,18 @@ class DiskStore:
         if options.max_age_seconds:
             removed += self._drop_oldest(lambda e: e[6] < now - options.max_age_seconds)
         if options.max_bytes:
-            while self.bytes_used() > options.max_bytes:
-                gone = self._drop_oldest(lambda e: True, limit=2000)
+            target = options.max_bytes * 0.9  # some room, so a sweep is not due at once
+            for _ in range(1000):
+                used = self.bytes_used()
+                if used <= options.max_bytes:
+                    break
+                with self.env.begin() as txn:
+                    entries = txn.stat(self.events)["entries"]
+                if not entries:
+                    break
+                # The oldest events, about as many as the excess holds (estimated).
+                count = int((used - target) * entries / used) + 1
+                gone = self._drop_oldest(lambda e: True, limit=min(count, 10_000))
                 removed += gone
                 if not gone:
                     break
