@@ -72,3 +72,31 @@ async def test_events_older_than_max_age_leave_the_store(tmp_path):
             notice, events = await replay(server.url, "a", first.split("-")[0] + "-0", last)
             assert notice.event == "broker.reset"
             assert notice.json()["reason"] == "evicted"
+
+
+async def test_retained_and_closed_state_leave_after_their_ttl_not_before(tmp_path):
+    def tables(ttl: float) -> dict[str, dict[str, object]]:
+        storage = {"kind": "durable", "path": str(tmp_path / "data"), "sweep_seconds": 0.05}
+        return {"storage": {**storage, "closed_ttl_seconds": ttl}}
+
+    with trio.fail_after(30):
+        async with open_broker_server(**tables(3600)) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                await client.post("/topics/done?final=1", content="end")
+                await client.post("/topics/state?retain=1", content="kept")
+                for n in range(5):  # history retention does not touch them
+                    await client.post("/topics/state", content=f"n{n}")
+        async with open_broker_server(**tables(3600)) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                assert (await client.post("/topics/done", content="x")).status_code == 409
+        async with open_broker_server(**tables(0.2)) as server:
+            disk = server.hub.journal.disk
+
+            def kept() -> int:
+                with disk.env.begin() as txn:
+                    return txn.stat(disk.retained)["entries"] + txn.stat(disk.final)["entries"]
+
+            await sleep_until(lambda: kept() == 0, timeout=10)
+        async with open_broker_server(**tables(0.2)) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                assert (await client.post("/topics/done", content="x")).status_code == 202
