@@ -51,6 +51,27 @@ class HistorySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """``[storage]``: where events are kept (docs/durability.md).
+
+    ``kind = "durable"`` (default): an embedded store under ``path``; every acknowledged
+    event, retained state, closed topic and the node's identity survive a restart.
+    ``kind = "memory"``: nothing survives a restart. (The Redis engine keeps events in
+    Redis and ignores this table.)
+    """
+
+    kind: str = field(default="durable", metadata={"choices": ("durable", "memory")})
+    path: str = "./data"
+    durability: str = field(default="process", metadata={"choices": ("process", "fsync")})
+    max_age_seconds: float = field(default=0.0, metadata=_range(0, 1e10))
+    max_bytes: int = field(default=1 << 30, metadata=_range(0, 1 << 50))
+    closed_ttl_seconds: float = field(default=7 * 86400.0, metadata=_range(0, 1e10))
+    topic_idle_seconds: float = field(default=300.0, metadata=_range(0, 1e7))
+    sweep_seconds: float = field(default=5.0, metadata=_range(0.05, 86400))
+    boot_id_file: str = "/proc/sys/kernel/random/boot_id"
+
+
+@dataclass(frozen=True, slots=True)
 class LimitSettings:
     """``[limits]``: request limits."""
 
@@ -167,6 +188,7 @@ class Settings:
     server: ServerSettings = ServerSettings()
     stream: StreamSettings = StreamSettings()
     history: HistorySettings = HistorySettings()
+    storage: StorageSettings = StorageSettings()
     limits: LimitSettings = LimitSettings()
     websocket: WebSocketSettings = WebSocketSettings()
     auth: AuthSettings = AuthSettings()

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -41,7 +42,7 @@ from .edge.listener import Acceptor
 from .edge.policy import Policy
 from .edge.session import Limits, Streams
 from .edge.wsconnection import WsOptions
-from .hub import Hub, open_hub
+from .hub import Hub, Journal, open_hub
 
 if TYPE_CHECKING:
     from .engines.redis import RedisEngine
@@ -117,11 +118,14 @@ async def serve(
     grace = settings.shutdown.grace_seconds
     clustered = settings.cluster.enabled and settings.cluster.engine == "mesh"
     async with (
+        _maybe_journal(settings) as journal,
         open_hub(
             heartbeat_seconds=settings.stream.heartbeat_seconds,
             history_size=settings.history.size,
             retry_ms=settings.stream.retry_ms,
             log_size=settings.cluster.log_size if clustered else 0,
+            journal=journal,
+            topic_idle_seconds=settings.storage.topic_idle_seconds,
         ) as hub,
         _maybe_cluster(hub, settings) as cluster,
         _maybe_store(hub, settings) as store,
@@ -261,7 +265,39 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
         stats["cluster"] = server.cluster.statistics()
     if server.store is not None:
         stats["cluster"] = asdict(server.store.statistics())
+    journal = server.hub.journal
+    if journal is not None:
+        stats["storage"] = asdict(journal.statistics())  # type: ignore[attr-defined]
     return stats
+
+
+@asynccontextmanager
+async def _maybe_journal(settings: Settings) -> AsyncIterator[Journal | None]:
+    """The embedded durable store (``[storage] kind = "durable"``), unless Redis keeps the
+    events. A cluster node keeps its store in ``path/<node_id>``, so the nodes that
+    ``broker cluster`` starts on one machine never share one."""
+    storage = settings.storage
+    cluster = settings.cluster
+    if storage.kind != "durable" or (cluster.enabled and cluster.engine == "redis"):
+        yield None
+        return
+    from .engines.durable import JournalOptions, open_journal  # imports lmdb
+
+    path = Path(storage.path)
+    if cluster.enabled and cluster.node_id:
+        path = path / cluster.node_id
+    options = JournalOptions(
+        path=str(path),
+        durability=storage.durability,
+        history_size=settings.history.size,
+        max_age_seconds=storage.max_age_seconds,
+        max_bytes=storage.max_bytes,
+        closed_ttl_seconds=storage.closed_ttl_seconds,
+        sweep_seconds=storage.sweep_seconds,
+        boot_id_file=storage.boot_id_file,
+    )
+    async with open_journal(options) as journal:
+        yield journal
 
 
 @asynccontextmanager

@@ -134,6 +134,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--nodes", type=int, default=3, help="nodes in the cluster scenario (default 3)")
     p.add_argument(
+        "--storage",
+        choices=("memory", "durable"),
+        default="memory",
+        help="the broker's [storage] kind (default memory, as in the published reports; "
+        "durable keeps its store in a temp dir; python -m load.durable pairs the two)",
+    )
+    p.add_argument(
         "--budget",
         type=float,
         default=540.0,
@@ -205,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                         "broker given by --broker-url without --broker-pid: no CPU/memory figures"
                     )
             else:
-                servers.append(BrokerServer(registry, log_dir, args.broker_arg))
+                storage = {"BROKER_STORAGE_KIND": args.storage}
+                if args.storage == "durable":
+                    storage["BROKER_STORAGE_PATH"] = str(outdir / "broker-data")
+                servers.append(BrokerServer(registry, log_dir, args.broker_arg, env=storage))
         if not args.skip_nchan:
             why = nchan_available()
             if why:
@@ -247,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                 scenarios.remove("flood")
             else:
                 flood_servers.append(
-                    BrokerServer(registry, log_dir, args.broker_arg, env=FLOOD_ENV)
+                    BrokerServer(
+                        registry,
+                        log_dir,
+                        args.broker_arg,
+                        env={**FLOOD_ENV, "BROKER_STORAGE_KIND": "memory"},
+                    )
                 )
                 notes.append(
                     "flood: broker only (nginx+nchan has no per-client publish limit); the "

@@ -296,7 +296,7 @@ class ClusterBroker(_BrokerRoutes, Server):
         if self.engine == "redis":
             argv += ["--redis-url", self._start_redis()]
         links = self.nodes * (self.nodes - 1) if self.engine == "mesh" else 0
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", BROKER_STORAGE_KIND="memory")
         with open(log, "wb") as f:
             self._proc = self._registry.popen(
                 argv,

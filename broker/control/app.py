@@ -88,6 +88,9 @@ def create_app(
         # Load balancers stop sending new clients here as soon as shutdown begins.
         if hub.closed:
             return _json({"status": "shutting down"}, 503)
+        problem = hub.journal.problem if hub.journal is not None else None
+        if problem is not None:  # streams go on; publishes get 503 until it writes again
+            return _json({"status": "storage failing", "reason": problem}, 503)
         return _json({"status": "ready"})
 
     @app.get("/metrics")
@@ -112,6 +115,8 @@ def create_app(
         except ClientError as error:
             return _json({"error": error.message, "code": error.code}, error.status)
         cleared = hub.clear_retained(topic, event_type)
+        if hub.journal is not None:
+            cleared = max(cleared, await hub.journal.clear_retained(topic, event_type))
         return _json({"topic": topic, "cleared": cleared})
 
     @app.delete("/topics/<path:topic>")
@@ -120,7 +125,10 @@ def create_app(
             check_topic(topic)
         except ClientError as error:
             return _json({"error": error.message, "code": error.code}, error.status)
-        return _json({"topic": topic, "forgotten": hub.forget(topic)})
+        forgotten = hub.forget(topic)
+        if hub.journal is not None:
+            forgotten = await hub.journal.forget(topic) or forgotten
+        return _json({"topic": topic, "forgotten": forgotten})
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

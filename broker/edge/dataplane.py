@@ -556,7 +556,7 @@ class DataPlane:
         retry_ms = int(self.hub.retry_ms * random.uniform(1.0, 3.0))
         if route.kind == "sse":
             # A store's positions are per subscription; an empty id there keeps none.
-            position = self.hub.position if self.hub.synchronous else ""
+            position = self.hub.position if self.hub.store is None else ""
             notice = SseCodec(envelope=route.flag("envelope")).notice(
                 "broker.overloaded", position, {"retry_ms": retry_ms}, retry_ms
             )

@@ -7,6 +7,10 @@ never tests which engine runs.
 
 * :class:`~broker.hub.memory.MemoryEngine` (the default, and the mesh's): history in the
   hub's memory, ids from the node's position vector, synchronous publishing.
+* :class:`~broker.hub.memory.JournalEngine` (``[storage] kind = "durable"``, the
+  default of ``broker run``): the memory engine with a :class:`Journal` under it (the
+  embedded store in ``broker/engines/durable.py``); a publish awaits its group commit and
+  is delivered after it, and topics that left memory are read back from the journal.
 * :class:`StoreEngine` adapts an external :class:`Store` that orders and keeps the events
   in place of the hub (the Redis engine in ``broker/engines/redis``): publishing awaits the
   store, and events reach subscribers when the store reads them back
@@ -28,6 +32,7 @@ from ..core.items import PublishItem as PublishItem
 from .replay import StartAt, StartPlan
 
 if TYPE_CHECKING:  # only the types: the hub and its topic record sit above this module
+    from .events import Event
     from .state import _Topic
 
 
@@ -185,3 +190,39 @@ class StoreEngine:
         self, items: Sequence[PublishItem], *, retain: bool = False, final: bool = False
     ) -> list[str]:
         return await self.store.append(items, retain=retain, final=final)
+
+
+class Journal(Protocol):
+    r"""A durable log *under* the hub (the embedded store, ``durable.py``).
+
+    Why not a :class:`Store`: a store orders events itself and hands out its own ids (the
+    Redis engine's stream ids); the embedded store keeps the hub's ordering and ids
+    (position vectors, so the mesh and resume work unchanged) and only makes them durable
+    before delivery. The hub gives a publish its ids, :meth:`append`\ s the events, and
+    the journal calls back ``hub.deliver_committed(events)`` once they are committed (or
+    ``hub.abandon_staged(events)`` when they could not be), in the order appended. The
+    hub's engine is then :class:`~broker.hub.memory.JournalEngine`.
+    """
+
+    #: Why the store cannot write right now (``/readyz``), or ``None``.
+    problem: str | None
+
+    def attach(self, hub: Any) -> None:
+        """The hub to call back."""
+        ...
+
+    async def append(self, events: list[Event]) -> None:
+        """Return once the events are committed and delivered. Raises Unavailable."""
+        ...
+
+    def append_nowait(self, events: list[Event]) -> None:
+        """Queue events for the next commit without waiting (events from mesh peers)."""
+        ...
+
+    async def load(self, topics: Sequence[str]) -> list[Any]:
+        """Read topics that are not in memory (``durable.LoadedTopic``). Raises Unavailable."""
+        ...
+
+    async def forget(self, topic: str) -> bool: ...
+
+    async def clear_retained(self, topic: str, event_type: Any) -> int: ...

@@ -80,3 +80,51 @@ class MemoryEngine:
             )  # fmt: skip
             return [event.id]
         return [e.id for e in hub.publish_batch_nowait(items)]
+
+
+class JournalEngine(MemoryEngine):
+    """The memory engine with a durable log under it (``[storage] kind = "durable"``).
+
+    Ids, history and replay are the memory engine's, so the mesh and resume work unchanged;
+    what differs: a publish awaits its group commit (``Hub._publish_durably``, delivery
+    after the commit), and topics that left memory (expiry, a restart) are read back from
+    the journal before a stream over them is planned.
+    """
+
+    synchronous = False
+
+    async def prepare(
+        self,
+        topics: frozenset[str],
+        resume_from: str | None,
+        start_at: StartAt | None,
+        catchup_seconds: float,
+    ) -> None:
+        hub = self.hub
+        missing = [t for t in topics if t not in hub._topics or t in hub._partial]
+        if missing:  # expired, or not read since the start: the store has them
+            await hub.load_topics(missing)
+        await super().prepare(topics, resume_from, start_at, catchup_seconds)
+
+    def plan_start(
+        self,
+        topics: frozenset[str],
+        states: Sequence[_Topic],
+        resume_from: str | None,
+        start_at: StartAt | None,
+    ) -> StartPlan:
+        hub = self.hub
+        return plan_start(
+            hub._vector,
+            states,
+            resume_from=resume_from,
+            start_at=start_at,
+            floor=hub.floor,
+            retired=hub.retired,
+        )
+
+    async def append(
+        self, items: Sequence[PublishItem], *, retain: bool = False, final: bool = False
+    ) -> list[str]:
+        """Return once the events are committed (and delivered); raises Unavailable."""
+        return await self.hub._publish_durably(items, retain, final)

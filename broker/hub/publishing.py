@@ -123,6 +123,103 @@ class Publishing(HubBase):
         """
         return await self.engine.append(items, retain=retain, final=final)
 
+    # -- publishing through the journal (durable.py) ---------------------------------------
+
+    async def _publish_durably(
+        self, items: Sequence[PublishItem], retain: bool, final: bool
+    ) -> list[str]:
+        """Give the events ids, have the journal commit them, then they are delivered."""
+        journal = self.journal
+        assert journal is not None
+        topics = self._topics
+        partial = self._partial
+        missing = [i.topic for i in items if i.topic not in topics or i.topic in partial]
+        if missing:  # its closed state may be in the store
+            await self.load_topics(missing)
+            topics = self._topics  # (expiry may have compacted it meanwhile)
+        closing = self._closing
+        for item in items:
+            state = topics.get(item.topic)
+            if (state is not None and state.final is not None) or item.topic in closing:
+                raise TopicClosed(f"topic {item.topic!r} was closed by a final event")
+        events = [
+            self._accept(item.topic, item.data, item.event_type, item.is_json, retain, final)
+            for item in items
+        ]
+        if final:
+            closing.add(items[0].topic)
+        await journal.append(events)
+        return [event.id for event in events]
+
+    def _accept(
+        self,
+        topic: str,
+        data: str,
+        event_type: str | None,
+        is_json: bool,
+        retain: bool,
+        final: bool,
+    ) -> Event:
+        """Give a local event its seq, index and id (delivered after its commit)."""
+        self._seq += 1
+        self._index += 1
+        accepted = self._accepted
+        accepted[self.origin] = self._seq
+        if len(accepted) == 1:
+            event_id = f"{self.origin}-{positions.to_base36(self._seq)}"
+        else:
+            event_id = positions.format_position(accepted)
+        state = self._topics.get(topic)
+        if state is not None:
+            state.used = self.round
+        return Event(
+            topic=topic,
+            event_type=event_type,
+            data=data,
+            is_json=is_json,
+            origin=self.origin,
+            seq=self._seq,
+            index=self._index,
+            event_id=event_id,
+            published_at=time.time(),
+            retain=retain,
+            final=final,
+        )
+
+    def deliver_committed(self, events: Sequence[Event]) -> None:
+        """The journal committed these (in order): deliver them. Never blocks."""
+        vector = self._vector
+        origin = self.origin
+        listeners = self.listeners
+        topics = self._topics
+        for event in events:
+            vector[event.origin] = event.seq
+            self._delivered_index = event.index
+            state = topics.get(event.topic)
+            if state is not None and state.final is not None:
+                continue  # from a peer, for a topic this node saw closed first
+            if state is None:
+                # Created by this delivery: older events may be in the store only.
+                self._partial.add(event.topic)
+            self._deliver(event)
+            if event.final:
+                self._closing.discard(event.topic)
+            if event.origin == origin:
+                for listener in listeners:
+                    listener(event)
+        if any(event.origin != origin for event in events):
+            self._progress.set()
+
+    def abandon_staged(self, events: Sequence[Event]) -> None:
+        """The journal could not commit these: take their ids back (nothing was delivered)."""
+        for event in events:
+            if event.final:
+                self._closing.discard(event.topic)
+        self._accepted.clear()
+        self._accepted.update(self._vector)
+        self._seq = self._vector.get(self.origin, 0)
+        self._index = self._delivered_index
+
     def deliver_stored(self, event: Event) -> None:
         """Deliver an event the store read back, in its topic's order. Never blocks.
 
@@ -197,6 +294,7 @@ class Publishing(HubBase):
         state = self._topics.get(event.topic)
         if state is None:
             state = self._topics[event.topic] = _Topic(event.topic, self.history_size)
+        state.used = self.round
         state.history.append(event)
         # Inline note_publish (the hot path): the admin API's per-topic count and rate.
         at = event.published_at

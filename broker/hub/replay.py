@@ -82,11 +82,14 @@ def plan_start(
     resume_from: str | None,
     start_at: StartAt | None = None,
     floor: Mapping[str, int] | None = None,
+    retired: Mapping[str, int] | None = None,
 ) -> StartPlan:
     """Plan the start of a stream over ``topics`` on a node at position ``vector``.
 
     ``floor`` holds, per origin, the seq up to which this node may lack events (it joined
-    late or gave up on a gap): a resume from below it is not exact.
+    late or gave up on a gap): a resume from below it is not exact. ``retired`` holds the
+    origins this node gave up after an operating-system crash, at the last seq that
+    survived it: a client past that saw events that are gone (reason ``lost``).
     """
     retained = sorted(
         {
@@ -132,7 +135,9 @@ def plan_start(
     known = {o: min(s, vector[o]) for o, s in requested.items() if o in vector}
     # An origin this node never heard of is harmless if the client saw none of its events.
     unknown = any(s > 0 for o, s in requested.items() if o not in vector)
-    exact = not unknown and all(known.get(o, 0) >= f for o, f in (floor or {}).items())
+    retired = retired or {}
+    lost = any(s > retired[o] for o, s in requested.items() if o in retired)
+    exact = not unknown and not lost and all(known.get(o, 0) >= f for o, f in (floor or {}).items())
     missed = []
     for topic in topics:
         topic_events, topic_exact = topic.history.after(known)
@@ -152,7 +157,7 @@ def plan_start(
             events,
             ended=all_closed,
         )
-    reason = "unknown" if unknown else "evicted"
+    reason = "unknown" if unknown else "lost" if lost else "evicted"
     payload = {"position": position, "requested": resume_from, "reason": reason}
     return StartPlan("broker.reset", payload, position, first, events, ended=all_closed)
 

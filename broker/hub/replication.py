@@ -31,8 +31,12 @@ class Replicated(HubBase):
 
     @property
     def vector(self) -> dict[str, int]:
-        """This node's position vector: per origin, the last seq delivered here (read-only)."""
-        return self._vector
+        """This node's position vector: per origin, the last seq accepted here (read-only).
+
+        The cluster orders replication by it. Without a journal that is the last seq
+        delivered; with one, events are accepted before their commit and delivered after.
+        """
+        return self._accepted
 
     def deliver_remote(
         self,
@@ -53,15 +57,16 @@ class Replicated(HubBase):
         see ``cluster/replication.py``); this node's id for it is its vector right after.
         An event for a topic this node already saw closed is counted but not delivered.
         """
-        if origin == self.origin or seq != self._vector.get(origin, 0) + 1:
-            raise ValueError(f"out of order: {origin}-{seq} after {self._vector.get(origin, 0)}")
+        accepted = self._accepted  # the same dict as _vector without a journal
+        if origin == self.origin or seq != accepted.get(origin, 0) + 1:
+            raise ValueError(f"out of order: {origin}-{seq} after {accepted.get(origin, 0)}")
         self._index += 1
-        self._vector[origin] = seq
+        accepted[origin] = seq
         self.replicated_in += 1
         self.replication_delay[origin] = time.time() - published_at
-        self._progress.set()
         state = self._topics.get(topic)
-        if state is not None and state.final is not None:
+        if self.journal is None and state is not None and state.final is not None:
+            self._progress.set()
             return None
         event = Event(
             topic=topic,
@@ -71,11 +76,18 @@ class Replicated(HubBase):
             origin=origin,
             seq=seq,
             index=self._index,
-            event_id=positions.format_position(self._vector),
+            event_id=positions.format_position(accepted),
             published_at=published_at,
             retain=retain,
             final=final,
         )
+        if self.journal is not None:
+            # Kept in this node's store too (a restart keeps its position vector); it is
+            # delivered once committed, in order with this node's own events.
+            # (An event for a topic closed by then is skipped at delivery.)
+            self.journal.append_nowait([event])
+            return event
+        self._progress.set()
         self._deliver(event)
         return event
 
@@ -89,6 +101,7 @@ class Replicated(HubBase):
             return
         lost = up_to - self._vector.get(origin, 0)
         self._vector[origin] = up_to
+        self._accepted[origin] = max(self._accepted.get(origin, 0), up_to)
         self.floor[origin] = max(self.floor.get(origin, 0), up_to)
         self.lost += lost
         self._progress.set()

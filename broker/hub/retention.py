@@ -7,7 +7,7 @@ and drops what the hub holds of a topic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import EllipsisType
 
 from .events import Event
@@ -29,6 +29,43 @@ class Retention(HubBase):
             state = self._topics[topic] = _Topic(topic, 0)
         state.retained = retained
         state.final = final
+
+    async def load_topics(self, topics: Iterable[str]) -> None:
+        """Read topics back from the journal into memory (those not there, or partial).
+
+        What the store has is merged with what memory already has (events delivered while
+        the read ran), so nothing is lost or doubled whichever finished first.
+
+        Raises:
+            Unavailable: the store cannot be read.
+        """
+        assert self.journal is not None
+        for loaded in await self.journal.load(list(dict.fromkeys(topics))):
+            self._partial.discard(loaded.name)
+            state = self._topics.get(loaded.name)
+            if state is None:
+                state = self._topics[loaded.name] = _Topic(
+                    loaded.name, self.history_size, self.round
+                )
+            history = state.history
+            if history.events:
+                newest = loaded.events[-1].index if loaded.events else 0
+                merged = loaded.events + [e for e in history.events if e.index > newest]
+            else:
+                merged = loaded.events
+            history.events.clear()
+            history.events.extend(merged[-self.history_size :] if self.history_size else [])
+            for origin, seq in loaded.evicted.items():
+                history.evicted[origin] = max(history.evicted.get(origin, 0), seq)
+            for event in merged[: max(0, len(merged) - self.history_size)]:
+                history.evicted[event.origin] = max(history.evicted.get(event.origin, 0), event.seq)
+            # The same event as history's object, so a start never sends it twice.
+            same = {(e.origin, e.seq): e for e in history.events}
+            for event_type, event in loaded.retained.items():
+                state.retained.setdefault(event_type, same.get((event.origin, event.seq), event))
+            if state.final is None and loaded.final is not None:
+                final = loaded.final
+                state.final = same.get((final.origin, final.seq), final)
 
     def drop_topic(self, topic: str) -> None:
         """Forget what the hub holds of a topic the store no longer follows here."""

@@ -17,7 +17,7 @@ import trio
 from ..core import positions
 from ..core.guard import Faults
 from ..core.items import PublishItem
-from .engine import Engine, Store, StoreEngine
+from .engine import Engine, Journal, Store, StoreEngine
 from .events import Event
 from .history import TopicHistory
 from .latency import LatencyHistogram
@@ -46,10 +46,13 @@ class _Topic:
         "retained",
         "subscribers",
         "tick",
+        "used",
     )
 
-    def __init__(self, name: str, history_size: int) -> None:
+    def __init__(self, name: str, history_size: int, used: int = 0) -> None:
         self.name = name
+        #: The hub's expiry round when it was last published to or left (durable store).
+        self.used = used
         #: Publish bookkeeping for the admin API (``note_publish``): a total, the wall time
         #: of the last publish, and two one-minute buckets for the rate.
         self.published = 0
@@ -105,6 +108,8 @@ class HubBase:
     _shutdown_notice: Callable[[Subscriber], bytes]  # hub.py: broker.shutdown + goodbye
     publish_nowait: Callable[..., Event]  # publishing.py: the memory engine's append
     publish_batch_nowait: Callable[[Iterable[PublishItem]], list[Event]]  # publishing.py
+    load_topics: Callable[[Iterable[str]], Awaitable[None]]  # retention.py (journal)
+    _publish_durably: Callable[..., Awaitable[list[str]]]  # publishing.py (journal)
 
     def __init__(
         self,
@@ -122,6 +127,24 @@ class HubBase:
         self._seq = 0
         self._index = 0
         self._vector: dict[str, int] = {self.origin: 0}
+        #: Per origin, the last seq this node accepted. With a journal, events are accepted
+        #: (given ids) before they are committed and delivered, so this runs ahead of
+        #: ``_vector``; without one it is the same dict. The cluster orders by it.
+        self._accepted: dict[str, int] = self._vector
+        #: The durable store under the hub (``durable.py``), or ``None`` (memory only).
+        self.journal: Journal | None = None
+        #: Topics whose final event is accepted but not yet delivered (journal).
+        self._closing: set[str] = set()
+        #: Origins this node used before an operating-system crash, at the last seq that
+        #: survived it: a client past that saw events that are gone (``broker.reset``).
+        self.retired: dict[str, int] = {}
+        #: Topic expiry (journal): the current round, bumped by hub.py's expiry task.
+        self.round = 0
+        #: The index of the last event delivered (journal: ``_index`` runs ahead).
+        self._delivered_index = 0
+        #: Topics created in memory by a delivery while older events may be in the store
+        #: only (journal): a stream start reads them back first.
+        self._partial: set[str] = set()
         self._topics: dict[str, _Topic] = {}
         self._subscribers: dict[Subscriber, None] = {}
         self._closed = False

@@ -112,6 +112,8 @@ class Subscriptions(HubBase):
             state = self._topics.get(topic)
             if state is None:
                 state = self._topics[topic] = _Topic(topic, self.engine.history_size)
+                if self.journal is not None:  # its state is read back before a publish
+                    self._partial.add(topic)
             state.subscribers[subscriber] = None
         subscriber.topics = subscriber.topics.union(topics)
         self.engine.track_nowait(topics)
@@ -128,5 +130,6 @@ class Subscriptions(HubBase):
             if state is None:
                 continue
             state.subscribers.pop(subscriber, None)
+            state.used = self.round
             if state.idle():
                 del self._topics[topic]

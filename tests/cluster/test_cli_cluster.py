@@ -63,6 +63,7 @@ def launch(*args, **extra_env):
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "BROKER_CLUSTER_HEARTBEAT_SECONDS": "0.2",
+        "BROKER_STORAGE_KIND": "memory",  # no ./data/<node> in the checkout
         **extra_env,
     }
     return subprocess.Popen(

@@ -22,8 +22,11 @@ from broker.server import RunningServer, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Settings for tests: any free port, short shutdown grace.
-TEST_SETTINGS = Settings().replace(server={"port": 0}, shutdown={"grace_seconds": 0.5})
+#: Settings for tests: any free port, short shutdown grace, memory storage (the durable
+#: store's own tests, tests/durable/, give each broker a data directory of its own).
+TEST_SETTINGS = Settings().replace(
+    server={"port": 0}, shutdown={"grace_seconds": 0.5}, storage={"kind": "memory"}
+)
 
 
 @asynccontextmanager
@@ -78,6 +81,7 @@ class BrokerProcess:
             **os.environ,
             "PYTHONUNBUFFERED": "1",
             "BROKER_SHUTDOWN_GRACE_SECONDS": "0.5",
+            "BROKER_STORAGE_KIND": "memory",  # durable tests set a data directory
             **self.env,
         }
         cmd = [
