@@ -2,9 +2,13 @@
 
 Everything runs in the cluster's own nursery (``open_cluster``): the peer listener, one
 task per link (its reader and writer in the link's nursery), a dialer per address being
-dialed, and one ticker that sends heartbeats (each carrying this node's vector, which is
-also the anti-entropy digest), marks silent peers down and gives up stale gaps. Leaving
+dialed, and one ticker that sends heartbeats (each carrying this node's catch-up digest:
+its vector and the lowest seq it holds per origin) and marks silent peers down. Leaving
 ``open_cluster`` says goodbye to every peer and ends all of them.
+
+Catch-up is pulled (``catchup.py`` decides, this module sends): every digest, every
+answered page and every tick re-plans; a ``pull`` is answered from the replication log
+with the events and a ``page`` frame, which triggers the next request.
 
 One link per peer: if two nodes dial each other at once, both keep the link dialed by the
 node with the smaller id, so both sides close the same duplicate.
@@ -23,14 +27,15 @@ import trio
 from ..events import Event
 from ..hub import Hub
 from . import frames
+from .catchup import CatchUp, Gap, Pull
 from .link import Hello, LinkBroken, LinkClosed, PeerLink, handshake
 from .membership import Membership
-from .replication import Replicator, ranges_to_send
+from .replication import Replicator
 
 log = logging.getLogger(__name__)
 
-#: Most events pushed to one peer per origin per heartbeat by anti-entropy.
-PUSH_BATCH = 2000
+#: Most events one ``pull`` is answered with, whatever it asks for.
+MAX_PAGE_EVENTS = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +87,11 @@ class Cluster:
             down_after=options.down_after_seconds,
             backoff_max=options.backoff_max_seconds,
         )
-        self.replicator = Replicator(
-            hub.vector,
-            self._deliver,
-            hub.skip_remote,
-            holdback_seconds=options.holdback_seconds,
+        self.replicator = Replicator(hub.vector, self._deliver, hub.skip_remote)
+        self.catchup = CatchUp(
+            stall_seconds=max(options.holdback_seconds, 2 * options.heartbeat_seconds),
+            gap_grace_seconds=options.holdback_seconds,
+            patience_seconds=options.heartbeat_seconds,
         )
         self._nursery: trio.Nursery | None = None
         self.replicated_out = 0
@@ -118,7 +123,6 @@ class Cluster:
         frame = event_frame(event)
         for link in self.links.values():
             if link.send_nowait(frame):
-                link.sent[event.origin] = event.seq
                 self.replicated_out += 1
 
     # -- links ----------------------------------------------------------------------------
@@ -183,43 +187,94 @@ class Cluster:
             if self.links.get(peer.node) is link:
                 del self.links[peer.node]
                 self.membership.unlinked(peer.node, trio.current_time())
+                self.catchup.peer_gone(peer.node)
 
     def _dialer(self, link: PeerLink) -> str:
         return self.options.node_id if link.dialed else link.peer.node
 
     def _greet(self, link: PeerLink) -> None:
         link.send_nowait(frames.encode({"t": "members", "peers": self.membership.gossip()}))
-        link.send_nowait(frames.encode({"t": "hb", "v": dict(self.hub.vector)}))
+        link.send_nowait(self._heartbeat())
+
+    def _heartbeat(self) -> bytes:
+        frame: dict[str, Any] = {"t": "hb", "v": dict(self.hub.vector)}
+        low = self.hub.holdings()
+        if low:
+            frame["lo"] = low
+        return frames.encode(frame)
 
     def _on_frame(self, link: PeerLink, frame: dict[str, Any]) -> None:
         now = trio.current_time()
-        self.membership.seen(link.peer.node, now)
+        node = link.peer.node
+        self.membership.seen(node, now)
         kind = frame["t"]
         if kind == "ev":
-            self.replicator.receive(frame, now)
+            self.replicator.receive(frame)
         elif kind == "hb":
-            link.previous_peer_vector = link.peer_vector
             link.peer_vector = frame["v"]
-            self._push_missing(link)
+            self.catchup.digest(node, frame["v"], frame.get("lo", {}), now)
+            self._catch_up(now)
+        elif kind == "pull":
+            self._serve_pull(link, frame)
+        elif kind == "page":
+            self.catchup.answered(
+                node,
+                frame["o"],
+                frame["after"],
+                frame["n"],
+                frame["to"],
+                frame["lo"],
+                now,
+                frame.get("tp"),
+            )
+            self._catch_up(now)
         elif kind == "members":
             self.membership.learn(frame["peers"], now)
-        elif kind == "gap":
-            self.replicator.gap_hint(frame["o"], frame["to"], now)
 
-    def _push_missing(self, link: PeerLink) -> None:
-        plan = ranges_to_send(
-            self.hub.vector, link.peer_vector, link.sent, link.previous_peer_vector
-        )
-        for origin, after in plan:
-            events, first_available = self.hub.log_after(origin, after, PUSH_BATCH)
-            if first_available > after + 1:
-                link.send_nowait(
-                    frames.encode({"t": "gap", "o": origin, "to": first_available - 1})
-                )
-            for event in events:
-                if not link.send_nowait(event_frame(event)):
-                    break
-                link.sent[origin] = event.seq
+    def _catch_up(self, now: float) -> None:
+        """Carry out what the catch-up planner decides now."""
+        for action in self.catchup.plan(self.hub.vector, self.replicator.held_from(), now):
+            if isinstance(action, Pull):
+                link = self.links.get(action.peer)
+                if link is not None:
+                    link.send_nowait(
+                        frames.encode(
+                            {
+                                "t": "pull",
+                                "o": action.origin,
+                                "after": action.after,
+                                "n": action.count,
+                            }
+                        )
+                    )
+            elif isinstance(action, Gap):
+                topics = None if action.topics is None else list(action.topics)
+                self.hub.skip_remote(action.origin, action.up_to, topics)
+                self.replicator.skip_to(action.origin, action.up_to)
+
+    def _serve_pull(self, link: PeerLink, frame: dict[str, Any]) -> None:
+        """Answer a peer's ``pull`` from the replication log: its events, then ``page``."""
+        origin, after = frame["o"], frame["after"]
+        count = min(frame["n"], MAX_PAGE_EVENTS)
+        events, first = self.hub.log_after(origin, after, count)
+        to = after
+        for event in events:
+            if event.seq != to + 1 or not link.send_nowait(event_frame(event)):
+                break
+            to = event.seq
+        answer: dict[str, Any] = {
+            "t": "page",
+            "o": origin,
+            "after": after,
+            "n": count,
+            "to": to,
+            "lo": first,
+        }
+        if after + 1 < first:
+            topics = self.hub.lost_topics(origin, after, first)
+            if topics is not None:
+                answer["tp"] = topics
+        link.send_nowait(frames.encode(answer))
 
     # -- running --------------------------------------------------------------------------
 
@@ -238,8 +293,8 @@ class Cluster:
                         options.down_after_seconds,
                     )
                     link.close()
-            self.replicator.expire(now)
-            heartbeat = frames.encode({"t": "hb", "v": dict(self.hub.vector)})
+            self._catch_up(now)
+            heartbeat = self._heartbeat()
             members = frames.encode({"t": "members", "peers": self.membership.gossip()})
             for link in list(self.links.values()):
                 link.send_nowait(heartbeat)
@@ -293,6 +348,13 @@ class Cluster:
             "replicated_in": self.hub.replicated_in,
             "replicated_out": self.replicated_out,
             "held_back": self.replicator.held,
+            "catchup": {
+                "pulling": self.catchup.active(),
+                "pulls": self.catchup.pulls,
+                "pages": self.catchup.pages,
+                "stalls": self.catchup.stalls,
+                "gaps": self.catchup.gaps,
+            },
             "duplicates": self.replicator.duplicates,
             "lost": self.hub.lost,
             "rejected_links": self.rejected_links,
