@@ -128,6 +128,10 @@ class ClusterSettings:
     queue_frames: int = field(default=10_000, metadata=_range(10, 10_000_000))
     max_frame_bytes: int = field(default=4 * 1024 * 1024, metadata=_range(1024, 1 << 30))
     backoff_max_seconds: float = field(default=10.0, metadata=_range(0.01, 3600))
+    #: A member unseen (no link, no frame) this long is removed and tombstoned.
+    remove_after_seconds: float = field(default=300.0, metadata=_range(0.1, 30 * 86400))
+    #: An origin no member has used this long leaves the vector: ids stop naming it.
+    retire_after_seconds: float = field(default=60.0, metadata=_range(0.1, 30 * 86400))
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "broker"
     redis_timeout_seconds: float = field(default=2.0, metadata=_range(0.05, 600))

@@ -85,6 +85,8 @@ class HubBase:
         self._logs: dict[str, deque[Event]] = {}
         #: Per origin, events up to this seq may be missing here (joined late, gave up).
         self.floor: dict[str, int] = {}
+        #: Origins that left the vector, with their last seq (replicated.py, bounded).
+        self.retired: dict[str, int] = {}
         self._progress = trio.Event()
         self._delivered_by_gone = 0
         self._dropped_by_gone = 0

@@ -82,11 +82,18 @@ def plan_start(
     resume_from: str | None,
     start_at: StartAt | None = None,
     floor: Mapping[str, int] | None = None,
+    retired: Mapping[str, int] | None = None,
 ) -> StartPlan:
     """Plan the start of a stream over ``topics`` on a node at position ``vector``.
 
     ``floor`` holds, per origin, the seq up to which this node may lack events (it joined
     late or gave up on a gap): a resume from below it is not exact.
+
+    ``retired`` holds origins that left the vector (their node restarted with a new origin
+    or left the cluster, and their events left history), with their last seq. An id that
+    names one is read at ``min(its seq, last seq)``; an id that does not name one (every id
+    issued after it retired) is read as having seen all of it. Either way the topics'
+    eviction marks decide whether the resume is exact.
     """
     retained = sorted(
         {
@@ -130,8 +137,14 @@ def plan_start(
         }
         return StartPlan("broker.reset", payload, position, retained, [], ended=all_closed)
     known = {o: min(s, vector[o]) for o, s in requested.items() if o in vector}
+    if retired:
+        for origin, last in retired.items():
+            known[origin] = min(requested.get(origin, last), last)
+        retired_names = retired.keys()
+    else:
+        retired_names = set()
     # An origin this node never heard of is harmless if the client saw none of its events.
-    unknown = any(s > 0 for o, s in requested.items() if o not in vector)
+    unknown = any(s > 0 for o, s in requested.items() if o not in vector and o not in retired_names)
     exact = not unknown and all(known.get(o, 0) >= f for o, f in (floor or {}).items())
     missed = []
     for topic in topics:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from itertools import islice
+from typing import Final
 
 import trio
 
@@ -19,6 +20,10 @@ from .errors import BadEventId
 from .events import Event
 from .hubbase import HubBase
 from .subscriber import Subscriber
+
+#: Retired origins remembered for resumes that name them; an id naming an origin
+#: forgotten beyond this is answered ``broker.reset`` (reason ``unknown``).
+MAX_RETIRED: Final = 10_000
 
 # The hub's logger: records keep the name they had before the hub was split by concept.
 log = logging.getLogger("broker.hub")
@@ -149,6 +154,35 @@ class Replicated(HubBase):
                 low[origin] = first
         return low
 
+    def retire_origin(self, origin: str) -> int:
+        """Take a retired origin out of the vector, so ids stop naming it; its last seq.
+
+        Its events leave this node's histories and log (each topic marks them evicted, so a
+        resume from before them is reported as not exact), and it is remembered in
+        :attr:`retired` (the newest ``MAX_RETIRED``) for resumes from ids that name it.
+        Only for another node's origin that will send no more events.
+        """
+        if origin == self.origin or origin not in self._vector:
+            return 0
+        last = self._vector.pop(origin)
+        self.floor.pop(origin, None)
+        self._logs.pop(origin, None)
+        for state in self._topics.values():
+            history = state.history
+            if any(e.origin == origin for e in history.events):
+                kept = [e for e in history.events if e.origin != origin]
+                dropped = max(e.seq for e in history.events if e.origin == origin)
+                history.events.clear()
+                history.events.extend(kept)
+                history.evicted[origin] = max(history.evicted.get(origin, 0), dropped)
+        retired = self.retired
+        retired[origin] = last
+        while len(retired) > MAX_RETIRED:
+            del retired[next(iter(retired))]
+        self._progress.set()
+        log.info("origin %s retired at seq %d: ids no longer name it", origin, last)
+        return last
+
     def log_after(self, origin: str, seq: int, limit: int) -> tuple[list[Event], int]:
         """Up to ``limit`` events of ``origin`` after ``seq`` from the replication log.
 
@@ -194,7 +228,8 @@ class Replicated(HubBase):
         except BadEventId:
             return False
         vector = self._vector
-        return any(vector.get(o, 0) < s for o, s in requested.items())
+        retired = self.retired
+        return any(vector.get(o, 0) < s for o, s in requested.items() if o not in retired)
 
     async def wait_caught_up(self, resume_from: str, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until this node has delivered what the client saw."""

@@ -241,6 +241,8 @@ async def _maybe_cluster(hub: Hub, settings: Settings) -> AsyncIterator[Cluster 
         max_frame_bytes=config.max_frame_bytes,
         queue_frames=config.queue_frames,
         backoff_max_seconds=config.backoff_max_seconds,
+        remove_after_seconds=config.remove_after_seconds,
+        retire_after_seconds=config.retire_after_seconds,
     )
     async with open_cluster(hub, options) as cluster:
         log.info("cluster: node %s, peer link on %s", options.node_id, cluster.addr)

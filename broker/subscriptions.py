@@ -78,7 +78,12 @@ class Subscriptions(HubBase):
             )
         else:
             plan = plan_start(
-                self._vector, states, resume_from=resume_from, start_at=start_at, floor=self.floor
+                self._vector,
+                states,
+                resume_from=resume_from,
+                start_at=start_at,
+                floor=self.floor,
+                retired=self.retired,
             )
         subscriber.topics = topic_set
         self._subscribers[subscriber] = None

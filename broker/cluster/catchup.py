@@ -92,6 +92,7 @@ class CatchUp:
             waits for the live frames already on their way before it pulls: a digest can
             overtake events another link is still carrying, and pulling those would only
             bring duplicates.
+        retired: origins that left the vector (the hub's table): never caught up.
     """
 
     def __init__(
@@ -102,7 +103,9 @@ class CatchUp:
         stall_seconds: float = 2.0,
         gap_grace_seconds: float = 2.0,
         patience_seconds: float = 0.0,
+        retired: Mapping[str, int] | None = None,
     ) -> None:
+        self.retired = retired if retired is not None else {}
         self.patience_seconds = patience_seconds
         self.page_events = page_events
         self.window = window
@@ -205,7 +208,10 @@ class CatchUp:
         for avoid, until in list(self._avoid.items()):
             if until <= now:
                 del self._avoid[avoid]
+        retired = self.retired
         for origin in sorted(origins):
+            if origin in retired:
+                continue
             self._plan_origin(origin, vector.get(origin, 0), held.get(origin), now, actions)
         return actions
 

@@ -9,7 +9,9 @@ Frame types (``t``):
 
     hello   {node, origin, nonce, addr}       first frame on a link, both directions
     auth    {mac}                             HMAC over both nonces (see auth.py)
-    members {peers: {node: addr}}             gossip: everyone this node knows
+    members {peers: {node: addr},             gossip: everyone this node knows, their
+             origins?: {node: origin},        origins, and the removed members
+             gone?: {node: origin}}           (tombstones, membership.py)
     hb      {v: {origin: seq},                heartbeat and catch-up digest: the vector
              lo?: {origin: seq}}              (highest seq held) and, where not 1, the
                                               lowest seq still held (catchup.py)
@@ -144,6 +146,12 @@ def _check(body: bytes) -> dict[str, Any]:
                 isinstance(k, str) and isinstance(v, str) for k, v in frame["peers"].items()
             ):
                 raise FrameError("bad member list")
+            for key in ("origins", "gone"):
+                table = frame.get(key, {})
+                if not isinstance(table, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in table.items()
+                ):
+                    raise FrameError(f"bad {key}")
         elif kind == "gap":
             _need(frame, o=str, to=int)
         elif kind == "pull":

@@ -55,6 +55,8 @@ class ClusterOptions:
     max_frame_bytes: int = frames.DEFAULT_MAX_FRAME_BYTES
     queue_frames: int = 10_000
     backoff_max_seconds: float = 10.0
+    remove_after_seconds: float = 300.0
+    retire_after_seconds: float = 60.0
 
 
 def event_frame(event: Event) -> bytes:
@@ -86,12 +88,19 @@ class Cluster:
             list(options.seeds),
             down_after=options.down_after_seconds,
             backoff_max=options.backoff_max_seconds,
+            remove_after=options.remove_after_seconds,
+            tombstone_seconds=max(3600.0, 2 * options.remove_after_seconds),
+            retire_after=options.retire_after_seconds,
+            origin=hub.origin,
         )
-        self.replicator = Replicator(hub.vector, self._deliver, hub.skip_remote)
+        self.replicator = Replicator(
+            hub.vector, self._deliver, hub.skip_remote, retired=hub.retired
+        )
         self.catchup = CatchUp(
             stall_seconds=max(options.holdback_seconds, 2 * options.heartbeat_seconds),
             gap_grace_seconds=options.holdback_seconds,
             patience_seconds=options.heartbeat_seconds,
+            retired=hub.retired,
         )
         self._nursery: trio.Nursery | None = None
         self.replicated_out = 0
@@ -174,7 +183,7 @@ class Cluster:
             existing.close()
         self.links[peer.node] = link
         now = trio.current_time()
-        self.membership.linked(peer.node, peer.addr, now)
+        self.membership.linked(peer.node, peer.addr, now, peer.origin)
         log.info("%s: linked to %s at %s (origin %s)", self, peer.node, peer.addr, peer.origin)
         self._greet(link)
         try:
@@ -193,8 +202,20 @@ class Cluster:
         return self.options.node_id if link.dialed else link.peer.node
 
     def _greet(self, link: PeerLink) -> None:
-        link.send_nowait(frames.encode({"t": "members", "peers": self.membership.gossip()}))
+        link.send_nowait(self._members())
         link.send_nowait(self._heartbeat())
+
+    def _members(self) -> bytes:
+        membership = self.membership
+        frame: dict[str, Any] = {
+            "t": "members",
+            "peers": membership.gossip(),
+            "origins": membership.gossip_origins(),
+        }
+        gone = membership.gossip_gone()
+        if gone:
+            frame["gone"] = gone
+        return frames.encode(frame)
 
     def _heartbeat(self) -> bytes:
         frame: dict[str, Any] = {"t": "hb", "v": dict(self.hub.vector)}
@@ -229,7 +250,7 @@ class Cluster:
             )
             self._catch_up(now)
         elif kind == "members":
-            self.membership.learn(frame["peers"], now)
+            self.membership.learn(frame["peers"], now, frame.get("origins"), frame.get("gone"))
 
     def _catch_up(self, now: float) -> None:
         """Carry out what the catch-up planner decides now."""
@@ -293,15 +314,31 @@ class Cluster:
                         options.down_after_seconds,
                     )
                     link.close()
+            for node in self.membership.expire(now):
+                log.warning(
+                    "%s: removed member %s: unseen for %.0f s",
+                    self,
+                    node,
+                    options.remove_after_seconds,
+                )
+            self._retire(now)
             self._catch_up(now)
             heartbeat = self._heartbeat()
-            members = frames.encode({"t": "members", "peers": self.membership.gossip()})
+            members = self._members()
             for link in list(self.links.values()):
                 link.send_nowait(heartbeat)
                 link.send_nowait(members)
             for addr in self.membership.dial_targets(now):
                 self._nursery.start_soon(self._dial, addr)
             await trio.sleep(options.heartbeat_seconds)
+
+    def _retire(self, now: float) -> None:
+        """Take origins no member uses any more out of the vector (bounded ids)."""
+        others = [o for o in self.hub.vector if o != self.hub.origin]
+        for origin in self.membership.retirable(others, now):
+            self.hub.retire_origin(origin)
+            self.replicator.forget(origin)
+            self.catchup.forget([origin])
 
     def isolate(self, node: str) -> None:
         """Cut this node off from ``node`` until :meth:`heal` (fault injection, operations)."""
@@ -358,6 +395,9 @@ class Cluster:
             "duplicates": self.replicator.duplicates,
             "lost": self.hub.lost,
             "rejected_links": self.rejected_links,
+            "removed_members": self.membership.removed,
+            "pauses": self.membership.pauses,
+            "retired_origins": len(self.hub.retired),
         }
 
 

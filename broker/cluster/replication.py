@@ -32,6 +32,7 @@ class Replicator:
         skip: gives up an origin's events up to a seq (the hub reports it).
         max_held: most frames held back in all; beyond it new out-of-order frames are
             dropped (catch-up pulls them again).
+        retired: origins that left the vector: their frames are dropped.
     """
 
     def __init__(
@@ -41,8 +42,10 @@ class Replicator:
         skip: Callable[[str, int], None],
         *,
         max_held: int = 100_000,
+        retired: Mapping[str, int] | None = None,
     ) -> None:
         self.vector = vector
+        self.retired = retired if retired is not None else {}
         self.deliver = deliver
         self.skip = skip
         self.max_held = max_held
@@ -55,7 +58,7 @@ class Replicator:
         """One ``ev`` frame from any peer; ``True`` if it was new (delivered or held)."""
         origin, seq = frame["o"], frame["s"]
         last = self.vector.get(origin, 0)
-        if seq <= last:
+        if seq <= last or origin in self.retired:
             self.duplicates += 1
             return False
         held = self._held.get(origin)

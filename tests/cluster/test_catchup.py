@@ -1,4 +1,4 @@
-"""Catch-up over real sockets: a node restarted far behind converges with nothing lost (issue 20)."""
+"""Catch-up over real sockets: a node restarted far behind loses nothing (issue 20)."""
 
 import time
 
