@@ -132,6 +132,11 @@ class ClusterSettings:
     remove_after_seconds: float = field(default=300.0, metadata=_range(0.1, 30 * 86400))
     #: An origin no member has used this long leaves the vector: ids stop naming it.
     retire_after_seconds: float = field(default=60.0, metadata=_range(0.1, 30 * 86400))
+    #: When a publish is answered 202: "local" (stored here) or "replicated" (stored by
+    #: min_replicas peers too); a request overrides it with ?ack= or X-Broker-Ack.
+    ack: str = field(default="local", metadata={"choices": ("local", "replicated")})
+    min_replicas: int = field(default=1, metadata=_range(1, 1000))
+    ack_timeout_seconds: float = field(default=5.0, metadata=_range(0.01, 600))
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "broker"
     redis_timeout_seconds: float = field(default=2.0, metadata=_range(0.05, 600))

@@ -27,7 +27,7 @@ from typing import Final
 import trio
 
 from . import codecs
-from .errors import BadEventId, ClientError
+from .errors import BadEventId, BadRequest, ClientError
 from .hub import Hub, PublishItem, Unavailable
 from .limits import Overloaded, TooManyRequests
 from .policy import Policy
@@ -43,6 +43,7 @@ from .request import (
 )
 from .routes import Route, match, start_at
 from .sse import PREAMBLE, SseCodec
+from .store import Acknowledger
 from .subscriber import SocketSink, Subscriber
 from .topics import check_event_type
 from .wsconnection import WsOptions, serve_websocket
@@ -526,12 +527,18 @@ def publish(
         items = codecs.decode_batch(content_type, body)
         policy.admit_publish(route, headers, peer, [i.topic for i in items], time.monotonic())
         if hub.store is None:  # the in-memory/mesh engine: publish now, no checkpoint
-            return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
+            acknowledger = _replicated(hub, route, headers)
+            events = hub.publish_batch_nowait(items)
+            answer: Answer = {"ids": [e.id for e in events]}
+            if acknowledger is None or not events:
+                return answer
+            return _confirmed(acknowledger, events[-1].seq, answer)
         return _publish_stored(hub, items, batch=True)
     policy.admit_publish(route, headers, peer, [route.topics[0]], time.monotonic())
     event_type = check_event_type(route.param("event"))
     data, is_json = codecs.decode_body(content_type, body)
     if hub.store is None:
+        acknowledger = _replicated(hub, route, headers)
         event = hub.publish_nowait(
             route.topics[0],
             data,
@@ -540,11 +547,48 @@ def publish(
             retain=route.flag("retain"),
             final=route.flag("final"),
         )
-        return {"id": event.id, "topic": event.topic}
+        if acknowledger is None:
+            return {"id": event.id, "topic": event.topic}
+        return _confirmed(acknowledger, event.seq, {"id": event.id, "topic": event.topic})
     item = PublishItem(route.topics[0], data, event_type, is_json)
     return _publish_stored(
         hub, [item], batch=False, retain=route.flag("retain"), final=route.flag("final")
     )
+
+
+ACK_HEADER: Final = "x-broker-ack"
+
+
+def _replicated(hub: Hub, route: Route, headers: Mapping[str, str]) -> Acknowledger | None:
+    """The acknowledger if this publish is answered only once peers stored it.
+
+    The level is the ``ack`` query parameter, else the ``X-Broker-Ack`` header, else the
+    ``[cluster] ack`` setting. Checked before publishing: with too few peers linked the
+    publish is refused (503 not_replicated) and nothing is stored.
+
+    Raises:
+        BadRequest: an unknown level, or ``replicated`` without a mesh cluster.
+        NotReplicated: fewer than ``min_replicas`` peers are linked.
+    """
+    acknowledger = hub.acknowledger
+    level = route.param("ack") or headers.get(ACK_HEADER)
+    if level is None:
+        if acknowledger is None or acknowledger.default_ack == "local":
+            return None
+        level = acknowledger.default_ack
+    if level == "local":
+        return None
+    if level != "replicated":
+        raise BadRequest(f"ack must be local or replicated, got {level[:40]!r}")
+    if acknowledger is None:
+        raise BadRequest("ack=replicated needs a mesh cluster ([cluster] engine = mesh)")
+    acknowledger.check_replicas()
+    return acknowledger
+
+
+async def _confirmed(acknowledger: Acknowledger, seq: int, answer: Answer) -> Answer:
+    await acknowledger.confirm(seq)
+    return answer
 
 
 async def _publish_stored(

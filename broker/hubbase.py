@@ -17,7 +17,7 @@ import trio
 from . import positions
 from .events import Event
 from .history import TopicHistory
-from .store import Store
+from .store import Acknowledger, Store
 from .subscriber import LatencyHistogram, Subscriber
 
 #: Base reconnection delay announced to clients (SSE ``retry:``).
@@ -93,6 +93,8 @@ class HubBase:
         self.evicted = 0
         #: The external store (Redis engine), or ``None``: the hub keeps events itself.
         self.store: Store | None = None
+        #: The mesh cluster's replicated acknowledgement, or ``None`` (single node, Redis).
+        self.acknowledger: Acknowledger | None = None
         #: Coalescing (hub.py's flusher task): topics published since it last ran, and the
         #: subscribers whose direct writes wait for it.
         self._coalescing = False

@@ -243,6 +243,9 @@ async def _maybe_cluster(hub: Hub, settings: Settings) -> AsyncIterator[Cluster 
         backoff_max_seconds=config.backoff_max_seconds,
         remove_after_seconds=config.remove_after_seconds,
         retire_after_seconds=config.retire_after_seconds,
+        ack=config.ack,
+        min_replicas=config.min_replicas,
+        ack_timeout_seconds=config.ack_timeout_seconds,
     )
     async with open_cluster(hub, options) as cluster:
         log.info("cluster: node %s, peer link on %s", options.node_id, cluster.addr)

@@ -26,6 +26,7 @@ import trio
 
 from ..events import Event
 from ..hub import Hub
+from ..store import NotReplicated
 from . import frames
 from .catchup import CatchUp, Gap, Pull
 from .link import Hello, LinkBroken, LinkClosed, PeerLink, handshake
@@ -57,6 +58,9 @@ class ClusterOptions:
     backoff_max_seconds: float = 10.0
     remove_after_seconds: float = 300.0
     retire_after_seconds: float = 60.0
+    ack: str = "local"
+    min_replicas: int = 1
+    ack_timeout_seconds: float = 5.0
 
 
 def event_frame(event: Event) -> bytes:
@@ -103,6 +107,14 @@ class Cluster:
             retired=hub.retired,
         )
         self._nursery: trio.Nursery | None = None
+        #: Replicated acknowledgement: per peer node, the highest seq of this node's origin
+        #: it delivered; the origins whose senders are owed an ``ack`` frame.
+        self.acked: dict[str, int] = {}
+        self._acked_changed = trio.Event()
+        self._ack_due: set[str] = set()
+        self._ack_wake = trio.Event()
+        self.default_ack = options.ack
+        self.not_replicated = 0
         self.replicated_out = 0
         self.rejected_links = 0
         self.own = Hello(options.node_id, hub.origin, self.addr)
@@ -182,6 +194,8 @@ class Cluster:
                 return
             existing.close()
         self.links[peer.node] = link
+        if existing is None or existing.peer.origin != peer.origin:
+            self.acked.pop(peer.node, None)  # a new incarnation holds nothing it acked
         now = trio.current_time()
         self.membership.linked(peer.node, peer.addr, now, peer.origin)
         log.info("%s: linked to %s at %s (origin %s)", self, peer.node, peer.addr, peer.origin)
@@ -230,9 +244,15 @@ class Cluster:
         self.membership.seen(node, now)
         kind = frame["t"]
         if kind == "ev":
-            self.replicator.receive(frame)
+            if self.replicator.receive(frame):
+                self._ack_due.add(frame["o"])
+                self._ack_wake.set()
+        elif kind == "ack":
+            if frame["o"] == self.hub.origin:
+                self._acked(node, frame["s"])
         elif kind == "hb":
             link.peer_vector = frame["v"]
+            self._acked(node, frame["v"].get(self.hub.origin, 0))
             self.catchup.digest(node, frame["v"], frame.get("lo", {}), now)
             self._catch_up(now)
         elif kind == "pull":
@@ -251,6 +271,56 @@ class Cluster:
             self._catch_up(now)
         elif kind == "members":
             self.membership.learn(frame["peers"], now, frame.get("origins"), frame.get("gone"))
+
+    # -- replicated acknowledgement --------------------------------------------------------
+
+    def _acked(self, node: str, seq: int) -> None:
+        if seq > self.acked.get(node, 0):
+            self.acked[node] = seq
+            self._acked_changed.set()
+            self._acked_changed = trio.Event()
+
+    async def _ack_task(self) -> None:
+        """Tell each origin how far this node has delivered it: one frame per wake-up.
+
+        Woken by deliveries; by the time it runs, the reader has applied every frame of its
+        last read, so acknowledgements are batched without a timer.
+        """
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake = trio.Event()
+            due, self._ack_due = self._ack_due, set()
+            vector = self.hub.vector
+            for link in list(self.links.values()):
+                origin = link.peer.origin
+                if origin in due:
+                    link.send_nowait(frames.encode({"t": "ack", "o": origin, "s": vector[origin]}))
+
+    def check_replicas(self) -> None:
+        """Refuse a replicated publish before storing it when too few peers are linked."""
+        wanted = self.options.min_replicas
+        if len(self.links) < wanted:
+            self.not_replicated += 1
+            raise NotReplicated(
+                f"ack=replicated needs {wanted} linked peer(s), {len(self.links)} linked",
+                self.options.heartbeat_seconds,
+            )
+
+    async def confirm(self, seq: int) -> None:
+        """Wait until ``min_replicas`` peers delivered this node's events up to ``seq``."""
+        wanted = self.options.min_replicas
+        with trio.move_on_after(self.options.ack_timeout_seconds):
+            while sum(1 for acked in self.acked.values() if acked >= seq) < wanted:
+                await self._acked_changed.wait()
+            return
+        self.not_replicated += 1
+        raise NotReplicated(
+            f"stored here, but not confirmed by {wanted} peer(s) within "
+            f"{self.options.ack_timeout_seconds} s; it may still replicate",
+            self.options.heartbeat_seconds,
+        )
+
+    # -- catch-up -------------------------------------------------------------------------
 
     def _catch_up(self, now: float) -> None:
         """Carry out what the catch-up planner decides now."""
@@ -398,6 +468,8 @@ class Cluster:
             "removed_members": self.membership.removed,
             "pauses": self.membership.pauses,
             "retired_origins": len(self.hub.retired),
+            "ack": self.default_ack,
+            "not_replicated": self.not_replicated,
         }
 
 
@@ -422,6 +494,8 @@ async def open_cluster(hub: Hub, options: ClusterOptions) -> AsyncIterator[Clust
             cluster._nursery = nursery
             await nursery.start(trio.serve_listeners, cluster._serve_inbound, listeners)
             nursery.start_soon(cluster._ticker)
+            nursery.start_soon(cluster._ack_task)
+            hub.acknowledger = cluster
             try:
                 yield cluster
             finally:
@@ -432,4 +506,5 @@ async def open_cluster(hub: Hub, options: ClusterOptions) -> AsyncIterator[Clust
                     await trio.sleep(0.05)  # let the writers flush the goodbyes
                 nursery.cancel_scope.cancel()
     finally:
+        hub.acknowledger = None
         hub.listeners.remove(cluster.on_local_event)
