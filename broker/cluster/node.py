@@ -115,6 +115,7 @@ class Cluster:
         self._ack_wake = trio.Event()
         self.default_ack = options.ack
         self.not_replicated = 0
+        self.links_opened = 0
         self.replicated_out = 0
         self.rejected_links = 0
         self.own = Hello(options.node_id, hub.origin, self.addr)
@@ -194,6 +195,7 @@ class Cluster:
                 return
             existing.close()
         self.links[peer.node] = link
+        self.links_opened += 1
         if existing is None or existing.peer.origin != peer.origin:
             self.acked.pop(peer.node, None)  # a new incarnation holds nothing it acked
         now = trio.current_time()
@@ -465,6 +467,7 @@ class Cluster:
             "duplicates": self.replicator.duplicates,
             "lost": self.hub.lost,
             "rejected_links": self.rejected_links,
+            "links_opened": self.links_opened,
             "removed_members": self.membership.removed,
             "pauses": self.membership.pauses,
             "retired_origins": len(self.hub.retired),
