@@ -109,6 +109,35 @@ class Mesh:
                         return
                 await trio.sleep(0.1)
 
+    async def vectors(self) -> list[dict[str, int]] | None:
+        vectors = []
+        for i in self.live():
+            stats = await self.stats(i)
+            if stats is None:
+                return None
+            vectors.append(positions.parse_position(stats["position"]))
+        return vectors
+
+    async def wait_caught_up(self, timeout: float = 20) -> None:
+        """Until every live node has delivered what any of them had when this began.
+
+        Unlike :meth:`wait_converged` this ends while events are still being published.
+        """
+        with trio.fail_after(timeout):
+            while (vectors := await self.vectors()) is None:
+                await trio.sleep(0.1)
+            target: dict[str, int] = {}
+            for vector in vectors:
+                for origin, seq in vector.items():
+                    target[origin] = max(seq, target.get(origin, 0))
+            while True:
+                vectors = await self.vectors()
+                if vectors is not None and all(
+                    v.get(o, 0) >= s for v in vectors for o, s in target.items()
+                ):
+                    return
+                await trio.sleep(0.1)
+
     def kill(self, i: int) -> None:
         self.nodes[i].stop(signal.SIGKILL)
 
