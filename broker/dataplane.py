@@ -183,7 +183,8 @@ class DataPlane:
         On the mesh, a client that was on another node waits (up to ``catchup_seconds``)
         for this node to catch up: starting the stream while this node has delivered less
         of some origin than the client has seen would send ids that move the client
-        backwards (shared/CLUSTER.md); after that the stream starts with ``broker.reset``.
+        backwards (shared/CLUSTER.md); if it is still behind then, the client is asked to
+        retry (``CatchingUp``, an ``Unavailable``: SSE gets ``broker.degraded``).
         On Redis, the engine reads what the start needs.
 
         Raises:

@@ -52,6 +52,14 @@ class NotReplicated(Unavailable):
     code = "not_replicated"
 
 
+class CatchingUp(Unavailable):
+    """A client resumes on a node that has delivered less than the client has seen, and
+    the node did not catch up in time: starting now would move the client backwards (and
+    repeat events later), so the client is asked to retry (SSE: ``broker.degraded``)."""
+
+    code = "catching_up"
+
+
 class Acknowledger(Protocol):
     """Replicated acknowledgement (the mesh cluster): a publish waits for peers."""
 

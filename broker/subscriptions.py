@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from . import positions
 from .hubbase import HubBase, _Topic
 from .replay import StartAt, has_everything, plan_start
+from .store import CatchingUp
 from .subscriber import Subscriber
 
 
@@ -35,12 +36,19 @@ class Subscriptions(HubBase):
 
         Raises:
             Unavailable: the store cannot be reached (the stream cannot start now).
+            CatchingUp: (an ``Unavailable``) the mesh node is still behind the client.
         """
         if self.store is not None:
             await self.store.prepare(frozenset(topics), resume_from, start_at)
         elif catchup_seconds and self.behind(resume_from):
             assert resume_from is not None
-            await self.wait_caught_up(resume_from, catchup_seconds)
+            if not await self.wait_caught_up(resume_from, catchup_seconds):
+                # Starting behind the client would send ids that move it backwards, and the
+                # events it already saw would come again once this node has them.
+                raise CatchingUp(
+                    "this node has not yet delivered every event this client saw; "
+                    "retry (here or on another node)"
+                )
 
     @property
     def position(self) -> str:

@@ -295,8 +295,9 @@ class Cluster:
             vector = self.hub.vector
             for link in list(self.links.values()):
                 origin = link.peer.origin
-                if origin in due:
-                    link.send_nowait(frames.encode({"t": "ack", "o": origin, "s": vector[origin]}))
+                delivered = vector.get(origin, 0)  # 0: only held back so far
+                if origin in due and delivered:
+                    link.send_nowait(frames.encode({"t": "ack", "o": origin, "s": delivered}))
 
     def check_replicas(self) -> None:
         """Refuse a replicated publish before storing it when too few peers are linked."""

@@ -79,3 +79,34 @@ async def test_a_departed_member_is_removed_everywhere_and_not_dialled_again():
             assert (await stream.events(1))[0].json() == "after"
             await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_cannot_catch_up_in_time_asks_the_client_to_retry():
+    """It never starts the stream behind the client (ids would move it backwards)."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a = await start_node(nursery, "a", [], cluster={"catchup_seconds": 0.5})
+            b = await start_node(nursery, "b", [a.cluster.addr], cluster={"catchup_seconds": 0.5})
+            await wait_linked([a, b])
+            a.cluster.isolate("b")
+            b.cluster.isolate("a")
+            with trio.fail_after(5):
+                while a.cluster.links:
+                    await trio.sleep(0.02)
+            seen = await post(a.url, "k", "only on a")
+            stream = await open_sse(b.url, "/topics/k/events", {"Last-Event-ID": seen})
+            assert stream.status == 200
+            notice = await stream.next_event()
+            assert notice.event == "broker.degraded"
+            assert await stream.next_event() is None  # the stream ends: the client retries
+            await stream.aclose()
+            a.cluster.heal("b")
+            b.cluster.heal("a")
+            await wait_linked([a, b])
+            await post(a.url, "k", "after")
+            stream = await open_sse(b.url, "/topics/k/events", {"Last-Event-ID": seen})
+            start = await stream.next_event()
+            assert start.event == "broker.start"
+            assert [e.json() for e in await stream.events(1)] == ["after"]
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
