@@ -15,8 +15,10 @@ Theory of operation (shared/CLUSTER.md, issue 20):
   or the last page answered, never from when it began) is dropped and the peer avoided for
   that origin for a while; another holder is asked.
 * A range is declared lost (:class:`Gap`) only when no reachable peer holds its first seq
-  any more (every linked peer's ``low`` is above it, or nobody has it) and nothing has
-  arrived for that origin for ``gap_grace_seconds``. Evidence that an origin has more than
+  any more (every linked peer's ``low`` is above it, or nobody has it), every known member
+  is reachable (an unreachable one may hold it: a partition must not lose events; a member
+  gone for good is removed by membership.py, and then the gap is declared), and nothing
+  has arrived for that origin for ``gap_grace_seconds``. Evidence that an origin has more than
   this node: a peer's ``high``, a held-back frame (an event that arrived ahead of the gap),
   or what the origin itself claimed before it went away (``claimed``): so a crashed
   origin's in-flight tail that no survivor got is reported, not silently forgotten.
@@ -121,6 +123,7 @@ class CatchUp:
         #: the topics its index says those events were on, or None).
         self._lost: dict[str, tuple[int, int, tuple[str, ...] | None]] = {}
         self._probed: dict[str, float] = {}
+        self._everyone_reachable = True
         self.pulls = 0
         self.pages = 0
         self.stalls = 0
@@ -192,7 +195,12 @@ class CatchUp:
     # -- decisions ------------------------------------------------------------------------
 
     def plan(
-        self, vector: Mapping[str, int], held: Mapping[str, int], now: float
+        self,
+        vector: Mapping[str, int],
+        held: Mapping[str, int],
+        now: float,
+        *,
+        everyone_reachable: bool = True,
     ) -> list[Pull | Gap]:
         """What to do now.
 
@@ -200,7 +208,12 @@ class CatchUp:
             vector: this node's vector (last seq delivered per origin).
             held: per origin, the lowest held-back seq (frames that arrived ahead).
             now: the current time.
+            everyone_reachable: every known member is linked. While one is not (a partition,
+                a node restarting), no gap is declared: it may hold the range. A member that
+                never comes back is removed after ``remove_after_seconds`` (membership.py),
+                and then the gap is declared.
         """
+        self._everyone_reachable = everyone_reachable
         actions: list[Pull | Gap] = []
         origins = set(self.claimed) | set(held)
         for holding in self.peers.values():
@@ -287,7 +300,7 @@ class CatchUp:
             elif now - self._probed.get(origin, -1e18) > self.stall_seconds:
                 self._probed[origin] = now
                 actions.append(Pull(peer, origin, have, 1))
-        if now - since < self.gap_grace_seconds:
+        if now - since < self.gap_grace_seconds or not self._everyone_reachable:
             return
         nearest = [h.low.get(origin, 1) for _, h in holders]
         if held is not None:

@@ -327,7 +327,15 @@ class Cluster:
 
     def _catch_up(self, now: float) -> None:
         """Carry out what the catch-up planner decides now."""
-        for action in self.catchup.plan(self.hub.vector, self.replicator.held_from(), now):
+        links = self.links
+        # Reachable means linked and its digest in: a link that just came up has not said
+        # yet what it holds, and a gap decided in that moment would lose what it has.
+        digests = self.catchup.peers
+        everyone = all(node in links and node in digests for node in self.membership.members)
+        plan = self.catchup.plan(
+            self.hub.vector, self.replicator.held_from(), now, everyone_reachable=everyone
+        )
+        for action in plan:
             if isinstance(action, Pull):
                 link = self.links.get(action.peer)
                 if link is not None:

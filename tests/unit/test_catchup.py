@@ -137,3 +137,12 @@ def test_without_a_hole_it_waits_for_frames_on_their_way_before_pulling():
     catchup = CatchUp(page_events=100, patience_seconds=1)
     catchup.digest("b", {"a": 10}, {}, now=0)
     assert catchup.plan({"a": 5}, {"a": 9}, now=0) == [Pull("b", "a", 5, 5)]
+
+
+def test_no_gap_while_a_member_that_may_hold_the_range_is_unreachable():
+    """A partition is not a loss: wait until every member is linked (or removed)."""
+    catchup = make()
+    catchup.digest("b", {"a": 10}, {}, now=0)
+    for now in (0, 5, 50):
+        assert catchup.plan({"a": 10}, {"a": 13}, now=now, everyone_reachable=False) == []
+    assert catchup.plan({"a": 10}, {"a": 13}, now=51) == [Gap("a", 12, None)]
