@@ -131,7 +131,7 @@ class ClusterSettings:
     #: A member unseen (no link, no frame) this long is removed and tombstoned.
     remove_after_seconds: float = field(default=300.0, metadata=_range(0.1, 30 * 86400))
     #: An origin no member has used this long leaves the vector: ids stop naming it.
-    retire_after_seconds: float = field(default=60.0, metadata=_range(0.1, 30 * 86400))
+    retire_after_seconds: float = field(default=600.0, metadata=_range(0.1, 30 * 86400))
     #: When a publish is answered 202: "local" (stored here) or "replicated" (stored by
     #: min_replicas peers too); a request overrides it with ?ack= or X-Broker-Ack.
     ack: str = field(default="local", metadata={"choices": ("local", "replicated")})

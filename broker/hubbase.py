@@ -87,6 +87,8 @@ class HubBase:
         self.floor: dict[str, int] = {}
         #: Origins that left the vector, with their last seq (replicated.py, bounded).
         self.retired: dict[str, int] = {}
+        #: Origins about to retire: an id that does not name one has seen all of it.
+        self.retiring: set[str] = set()
         self._progress = trio.Event()
         self._delivered_by_gone = 0
         self._dropped_by_gone = 0

@@ -154,6 +154,11 @@ class Replicated(HubBase):
                 low[origin] = first
         return low
 
+    def last_published_at(self, origin: str) -> float | None:
+        """Wall-clock publish time of the newest event of ``origin`` held here, if any."""
+        events = self._logs.get(origin)
+        return events[-1].published_at if events else None
+
     def retire_origin(self, origin: str) -> int:
         """Take a retired origin out of the vector, so ids stop naming it; its last seq.
 

@@ -50,6 +50,14 @@ class Subscriptions(HubBase):
                     "retry (here or on another node)"
                 )
 
+    def _retired_view(self) -> dict[str, int]:
+        """Retired origins, and those about to retire at their last seq (see replay.py)."""
+        if not self.retiring:
+            return self.retired
+        vector = self._vector
+        about = {o: vector[o] for o in self.retiring if o in vector}
+        return {**self.retired, **about}
+
     @property
     def position(self) -> str:
         """The id of the newest event delivered on this node (its position vector)."""
@@ -91,7 +99,7 @@ class Subscriptions(HubBase):
                 resume_from=resume_from,
                 start_at=start_at,
                 floor=self.floor,
-                retired=self.retired,
+                retired=self._retired_view(),
             )
         subscriber.topics = topic_set
         self._subscribers[subscriber] = None

@@ -13,8 +13,9 @@ Frame types (``t``):
              origins?: {node: origin},        origins, and the removed members
              gone?: {node: origin}}           (tombstones, membership.py)
     hb      {v: {origin: seq},                heartbeat and catch-up digest: the vector
-             lo?: {origin: seq}}              (highest seq held) and, where not 1, the
-                                              lowest seq still held (catchup.py)
+             lo?: {origin: seq},              (highest seq held) and, where not 1, the
+             ret?: [origin]}                  lowest seq still held (catchup.py); origins
+                                              it retired lately (membership.py)
     ev      {o, s, tp, e, d, j, ts, r, f}     one event: origin, seq, topic, type, data,
                                               is_json, published_at, retain, final
     pull    {o, after, n}                     "send me up to n events of o after seq after"
@@ -140,6 +141,9 @@ def _check(body: bytes) -> dict[str, Any]:
             _vector(frame["v"])
             if "lo" in frame:
                 _vector(frame["lo"])
+            retired = frame.get("ret", [])
+            if not isinstance(retired, list) or not all(isinstance(o, str) for o in retired):
+                raise FrameError("bad ret")
         elif kind == "members":
             _need(frame, peers=dict)
             if not all(

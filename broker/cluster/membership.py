@@ -18,13 +18,19 @@ work stay up (a peer that gave up on this node closes its side and the link ends
 
 Origins: every member's current origin is gossiped too, so a node knows which origins in
 its vector no member uses any more (the node restarted with a new origin, or was removed):
-:meth:`Membership.retirable` names those that have been unclaimed for ``retire_after``
-seconds, and the cluster takes them out of the vector (ids stop naming them).
+:meth:`Membership.retirable` names those whose newest event is older than ``retire_after``
+seconds (wall clock: the events' publish time), and the cluster takes them out of the
+vector (ids stop naming them). A node that
+retired an origin says so in its heartbeats for ``retire_after`` seconds, and a node that
+still has it retires it at once (:meth:`Membership.may_retire`): otherwise, in a rolling
+restart, each freshly started node would fetch the origin again from one that had not
+retired it yet, start its own timer, and pass it on to the next one for ever.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -80,7 +86,7 @@ class Membership:
         self.dialing: set[str] = set()
         #: Removed members: node -> (its origin then, until when the tombstone is kept).
         self.tombstones: dict[str, tuple[str, float]] = {}
-        self._unclaimed: dict[str, float] = {}
+        self._retiring: set[str] = set()
         self._last_check: float | None = None
         self.removed = 0
         self.pauses = 0
@@ -224,27 +230,46 @@ class Membership:
         """The tombstones to send: removed node -> its origin then."""
         return {node: origin for node, (origin, _) in self.tombstones.items()}
 
-    def retirable(self, origins: list[str], now: float) -> list[str]:
-        """Origins no member has used for ``retire_after`` seconds (take them out of ids).
+    def retirable(self, last_event: Mapping[str, float | None], wall_now: float) -> list[str]:
+        """Origins to take out of ids: no member uses them, and no event for ``retire_after``.
 
-        Nothing is retired while some member's origin is unknown: that member may still
-        be using one of them.
+        Args:
+            last_event: the origins in this node's vector (its own excluded) with the
+                wall-clock publish time of the newest event of each held here (``None``:
+                none held). That time is data every node has alike, also a node that just
+                restarted: a timer of this node's own would start again at every restart, and
+                in a rolling restart shorter than ``retire_after`` nothing would ever retire.
+            wall_now: the wall clock (``time.time()``).
+
+        Nothing is retired while some member's origin is unknown: that member may still be
+        using one of them.
         """
         if any(not m.origin for m in self.members.values()):
+            self._retiring = set()
             return []
         claimed = {m.origin for m in self.members.values()}
         claimed.add(self.origin)
-        unclaimed = self._unclaimed
-        for origin in list(unclaimed):
-            if origin in claimed or origin not in origins:
-                del unclaimed[origin]
         ready = []
-        for origin in origins:
+        retiring = set()
+        for origin, at in last_event.items():
             if origin in claimed:
                 continue
-            since = unclaimed.setdefault(origin, now)
-            if now - since >= self.retire_after:
+            age = wall_now - at if at is not None else float("inf")
+            if age >= self.retire_after:
                 ready.append(origin)
-        for origin in ready:
-            del unclaimed[origin]
+            elif age >= self.retire_after / 2:
+                retiring.add(origin)
+        self._retiring = retiring
         return ready
+
+    def may_retire(self, origin: str) -> bool:
+        """``origin`` is no member's: another node retired it, so this one may at once."""
+        if origin == self.origin or any(not m.origin for m in self.members.values()):
+            return False
+        return all(m.origin != origin for m in self.members.values())
+
+    def retiring(self) -> set[str]:
+        """Origins half-way to retiring (at the last :meth:`retirable`): another node may
+        retire them any moment, so an id that does not name one is read as having seen all
+        of it."""
+        return self._retiring

@@ -17,6 +17,7 @@ node with the smaller id, so both sides close the same duplicate.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class ClusterOptions:
     queue_frames: int = 10_000
     backoff_max_seconds: float = 10.0
     remove_after_seconds: float = 300.0
-    retire_after_seconds: float = 60.0
+    retire_after_seconds: float = 600.0
     ack: str = "local"
     min_replicas: int = 1
     ack_timeout_seconds: float = 5.0
@@ -116,6 +117,8 @@ class Cluster:
         self.default_ack = options.ack
         self.not_replicated = 0
         self.links_opened = 0
+        #: Origins this node retired lately, said in its heartbeats (membership.py).
+        self._retired_at: dict[str, float] = {}
         self.replicated_out = 0
         self.rejected_links = 0
         self.own = Hello(options.node_id, hub.origin, self.addr)
@@ -238,6 +241,8 @@ class Cluster:
         low = self.hub.holdings()
         if low:
             frame["lo"] = low
+        if self._retired_at:
+            frame["ret"] = list(self._retired_at)
         return frames.encode(frame)
 
     def _on_frame(self, link: PeerLink, frame: dict[str, Any]) -> None:
@@ -255,6 +260,9 @@ class Cluster:
         elif kind == "hb":
             link.peer_vector = frame["v"]
             self._acked(node, frame["v"].get(self.hub.origin, 0))
+            for origin in frame.get("ret", ()):
+                if origin in self.hub.vector and self.membership.may_retire(origin):
+                    self._retire_origin(origin, now)
             self.catchup.digest(node, frame["v"], frame.get("lo", {}), now)
             self._catch_up(now)
         elif kind == "pull":
@@ -415,11 +423,20 @@ class Cluster:
 
     def _retire(self, now: float) -> None:
         """Take origins no member uses any more out of the vector (bounded ids)."""
-        others = [o for o in self.hub.vector if o != self.hub.origin]
-        for origin in self.membership.retirable(others, now):
-            self.hub.retire_origin(origin)
-            self.replicator.forget(origin)
-            self.catchup.forget([origin])
+        hub = self.hub
+        last_event = {o: hub.last_published_at(o) for o in hub.vector if o != hub.origin}
+        for origin in self.membership.retirable(last_event, time.time()):
+            self._retire_origin(origin, now)
+        hub.retiring = self.membership.retiring()
+        horizon = now - self.options.retire_after_seconds
+        for origin in [o for o, at in self._retired_at.items() if at < horizon]:
+            del self._retired_at[origin]
+
+    def _retire_origin(self, origin: str, now: float) -> None:
+        self.hub.retire_origin(origin)
+        self.replicator.forget(origin)
+        self.catchup.forget([origin])
+        self._retired_at[origin] = now
 
     def isolate(self, node: str) -> None:
         """Cut this node off from ``node`` until :meth:`heal` (fault injection, operations)."""

@@ -39,8 +39,9 @@ async def test_restarts_do_not_grow_ids_and_an_id_naming_a_retired_origin_resume
             with trio.fail_after(15):  # every old origin of b leaves every vector
                 while any(set(n.hub.vector) - live for n in (a, b, c)):
                     await trio.sleep(0.05)
-            for node in (a, b, c):
+            for node in (a, c):  # they had every old origin of b (the last b may not)
                 assert origins_seen <= set(node.hub.retired)
+            for node in (a, b, c):
                 assert len(node.hub.position) <= 3 * 10
             # an id naming a retired origin: it saw everything up to it, nothing is repeated
             stream = await open_sse(a.url, "/topics/r/events", {"Last-Event-ID": old_id})

@@ -77,21 +77,44 @@ def test_waking_from_a_pause_keeps_every_link():
     assert members.silent(32.5) == ["b"]
 
 
-def test_origins_no_member_uses_retire_after_the_delay():
+def test_origins_no_member_uses_retire_once_their_newest_event_is_old():
     members = make(retire_after=5)
     members.linked("b", "h:2", 0, "ob1")
-    assert members.retirable(["ob1", "old"], 0) == []
-    assert members.retirable(["ob1", "old"], 4) == []
-    assert members.retirable(["ob1", "old"], 5) == ["old"]
-    # b restarts with a new origin: the old one retires 5 s later
+    last = {"ob1": 100.0, "old": 100.0}
+    assert members.retirable(last, wall_now=102) == []
+    assert members.retiring() == set()
+    assert members.retirable(last, wall_now=103) == []
+    assert members.retiring() == {"old"}  # half-way: ids without it have seen all of it
+    assert members.retirable(last, wall_now=105) == ["old"]
+    # b restarts with a new origin: the old one retires 5 s after its last event
     members.unlinked("b", 6)
     members.linked("b", "h:2", 7, "ob2")
-    assert members.retirable(["ob1", "ob2"], 7) == []
-    assert members.retirable(["ob1", "ob2"], 12) == ["ob1"]
+    assert members.retirable({"ob1": 100.0, "ob2": 106.0}, wall_now=104) == []
+    assert members.retirable({"ob1": 100.0, "ob2": 106.0}, wall_now=105) == ["ob1"]
+    # an origin none of whose events is held here is not worth keeping
+    assert members.retirable({"gone": None}, wall_now=0) == ["gone"]
+
+
+def test_the_decision_does_not_start_again_when_the_node_restarts():
+    """Rolling restarts shorter than retire_after must still retire old origins."""
+    for restart in range(10):
+        members = make(retire_after=600)  # a fresh node, every 60 s
+        members.linked("b", "h:2", 0, "ob")
+        wall_now = 60.0 * restart
+        ready = members.retirable({"old": 0.0}, wall_now=wall_now)
+        assert ready == (["old"] if wall_now >= 600 else [])
+
+
+def test_an_origin_another_node_retired_may_go_at_once_unless_a_member_uses_it():
+    members = make()
+    members.linked("b", "h:2", 0, "ob")
+    assert members.may_retire("old")
+    assert not members.may_retire("ob")
+    assert not members.may_retire("oa")  # its own
 
 
 def test_nothing_retires_while_a_members_origin_is_unknown():
     members = make(retire_after=1)
     members.learn({"c": "h:3"}, 0)  # an older node: no origins in its gossip
-    assert members.retirable(["x"], 0) == []
-    assert members.retirable(["x"], 10) == []
+    assert members.retirable({"x": 0.0}, wall_now=100) == []
+    assert not members.may_retire("x")
