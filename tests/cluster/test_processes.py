@@ -4,6 +4,7 @@ import httpx
 import pytest
 import trio
 
+from broker import positions
 from tests.support.mesh import Mesh
 from tests.support.sse_client import open_sse
 
@@ -30,5 +31,57 @@ async def test_a_node_waking_from_a_pause_keeps_the_links_that_still_work():
                 assert all(p["state"] == "up" for p in new["cluster"]["peers"])
             assert after[1]["cluster"]["pauses"] >= 1
             await stream.aclose()
+    finally:
+        mesh.close()
+
+
+@pytest.mark.slow
+async def test_a_process_restarted_15000_events_behind_converges_with_no_loss():
+    mesh = Mesh(3)
+    try:
+        with trio.fail_after(60):
+            await mesh.start()
+            a_url = mesh.nodes[0].url
+            mesh.kill(1)
+            async with httpx.AsyncClient(base_url=a_url, timeout=10) as client:
+                for start in range(0, 15_000, 500):
+                    batch = [{"topic": f"t{n % 3}", "data": n} for n in range(start, start + 500)]
+                    answer = await client.post("/publish", json={"events": batch})
+                    assert answer.status_code == 202
+                origin = (await client.get("/stats")).json()["origin"]
+            stop = trio.Event()
+            live = []
+
+            async def keep_publishing():
+                async with httpx.AsyncClient(base_url=a_url) as client:
+                    while not stop.is_set():
+                        answer = await client.post("/topics/t0", json="live")
+                        assert answer.status_code == 202
+                        live.append(1)
+                        await trio.sleep(0.005)  # a paced publisher, ~200/s at most
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_publishing)
+                await mesh.restart(1)
+                began = trio.current_time()  # it listens: linking and catch-up from here
+                with trio.fail_after(20):
+                    while True:
+                        stats = await mesh.stats(1)
+                        have = positions.parse_position(stats["position"]).get(origin, 0)
+                        if have >= 15_000:
+                            break
+                        await trio.sleep(0.02)
+                elapsed = trio.current_time() - began
+                stop.set()
+            await mesh.wait_converged(timeout=15)
+            stats = await mesh.stats(1)
+            print(
+                f"\nprocess catch-up: 15000 events in {elapsed:.2f} s (from listening, "
+                f"linking included) = {15_000 / elapsed:.0f} events/s, {len(live)} published "
+                f"meanwhile; {stats['cluster']['catchup']}"
+            )
+            assert stats["cluster"]["lost"] == 0
+            assert stats["cluster"]["catchup"]["gaps"] == 0
+            assert stats["cluster"]["replicated_in"] == 15_000 + len(live)
     finally:
         mesh.close()
