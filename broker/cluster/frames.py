@@ -16,8 +16,9 @@ Frame types (``t``):
              lo?: {origin: seq},              (highest seq held) and, where not 1, the
              ret?: [origin]}                  lowest seq still held (catchup.py); origins
                                               it retired lately (membership.py)
-    ev      {o, s, tp, e, d, j, ts, r, f}     one event: origin, seq, topic, type, data,
-                                              is_json, published_at, retain, final
+    ev      {o, s, tp, e, d, j, ts, r, f,     one event: origin, seq, topic, type, data,
+             a?}                              is_json, published_at, retain, final; a:
+                                              the origin waits for an ack (ack=replicated)
     pull    {o, after, n}                     "send me up to n events of o after seq after"
     page    {o, after, n, to, lo, tp?}        answer to a pull, after its ev frames: sent
                                               after+1..to; the lowest seq held is lo; if
@@ -67,21 +68,23 @@ def encode_event(
     published_at: float,
     retain: bool,
     final: bool,
+    ack: bool = False,
 ) -> bytes:
-    return encode(
-        {
-            "t": "ev",
-            "o": origin,
-            "s": seq,
-            "tp": topic,
-            "e": event_type,
-            "d": data,
-            "j": is_json,
-            "ts": published_at,
-            "r": retain,
-            "f": final,
-        }
-    )
+    frame = {
+        "t": "ev",
+        "o": origin,
+        "s": seq,
+        "tp": topic,
+        "e": event_type,
+        "d": data,
+        "j": is_json,
+        "ts": published_at,
+        "r": retain,
+        "f": final,
+    }
+    if ack:
+        frame["a"] = True
+    return encode(frame)
 
 
 class FrameDecoder:
@@ -130,6 +133,8 @@ def _check(body: bytes) -> dict[str, Any]:
             _need(frame, o=str, s=int, tp=str, d=str, j=bool, ts=float | int, r=bool, f=bool)
             if frame.get("e") is not None and not isinstance(frame["e"], str):
                 raise FrameError("bad event type")
+            if not isinstance(frame.get("a", False), bool):
+                raise FrameError("bad ack flag")
             if frame["s"] < 1:
                 raise FrameError("bad seq")
         elif kind == "hello":

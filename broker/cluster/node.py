@@ -64,8 +64,9 @@ class ClusterOptions:
     ack_timeout_seconds: float = 5.0
 
 
-def event_frame(event: Event) -> bytes:
+def event_frame(event: Event, *, ack: bool = False) -> bytes:
     return frames.encode_event(
+        ack=ack,
         origin=event.origin,
         seq=event.seq,
         topic=event.topic,
@@ -114,6 +115,7 @@ class Cluster:
         self._acked_changed = trio.Event()
         self._ack_due: set[str] = set()
         self._ack_wake = trio.Event()
+        self._ack_wanted = False
         self.default_ack = options.ack
         self.not_replicated = 0
         self.links_opened = 0
@@ -145,7 +147,7 @@ class Cluster:
         """Hub listener: send an event published here to every peer (encoded once)."""
         if not self.links:
             return
-        frame = event_frame(event)
+        frame = event_frame(event, ack=self._ack_wanted)
         for link in self.links.values():
             if link.send_nowait(frame):
                 self.replicated_out += 1
@@ -251,7 +253,7 @@ class Cluster:
         self.membership.seen(node, now)
         kind = frame["t"]
         if kind == "ev":
-            if self.replicator.receive(frame):
+            if self.replicator.receive(frame) and frame.get("a"):
                 self._ack_due.add(frame["o"])
                 self._ack_wake.set()
         elif kind == "ack":
@@ -310,6 +312,9 @@ class Cluster:
     def check_replicas(self) -> None:
         """Refuse a replicated publish before storing it when too few peers are linked."""
         wanted = self.options.min_replicas
+        # The events published next (this request's) ask their receivers for an ack; with
+        # ack = local nobody asks, and peers send none (heartbeats carry the same, later).
+        self._ack_wanted = True
         if len(self.links) < wanted:
             self.not_replicated += 1
             raise NotReplicated(
@@ -320,6 +325,7 @@ class Cluster:
     async def confirm(self, seq: int) -> None:
         """Wait until ``min_replicas`` peers delivered this node's events up to ``seq``."""
         wanted = self.options.min_replicas
+        self._ack_wanted = False
         with trio.move_on_after(self.options.ack_timeout_seconds):
             while sum(1 for acked in self.acked.values() if acked >= seq) < wanted:
                 await self._acked_changed.wait()
