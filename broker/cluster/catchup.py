@@ -188,6 +188,7 @@ class CatchUp:
             self._active.pop(origin, None)
             self._progress.pop(origin, None)
             self._lost.pop(origin, None)
+            self._probed.pop(origin, None)
             for holding in self.peers.values():
                 holding.high.pop(origin, None)
                 holding.low.pop(origin, None)
