@@ -21,6 +21,7 @@ run: $(STAMP)
 
 test: $(STAMP) browser-deps
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -28,6 +29,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/ruff format --check broker
 
 browser-deps:
@@ -43,3 +45,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info load/build
+
+# A longer fuzz run of the peer link (the normal test run does 200 cases per phase).
+.PHONY: fuzz-peer
+fuzz-peer: $(STAMP)
+	BROKER_FUZZ_EXAMPLES=$${BROKER_FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest -q tests/cluster/test_peer_link_fuzz.py

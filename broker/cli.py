@@ -1,4 +1,4 @@
-"""``broker run|pub|sub``: argument parsing and exit codes; no broker logic here."""
+"""``broker run|cluster|token|pub|sub``: argument parsing and exit codes; no broker logic here."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import argparse
 import gc
 import logging
 import os
+import re
 import signal
 import sys
+import time
 from functools import partial
+from typing import Final
 
 import trio
 
 from .config import Settings, load_settings
-from .errors import ConfigError
+from .core.errors import ConfigError
+from .edge.auth import DEFAULT_TOKEN_TTL_SECONDS, mint_token
 from .server import RunningServer, serve
 from .supervisor import cluster_secret, supervise
 
@@ -97,11 +101,13 @@ def run_main(argv: list[str]) -> int:
             matched, _ = exc.split(OSError)
             if matched is None:
                 raise
-            exc = _first_leaf(matched)
-        if isinstance(exc, ConfigError):
-            print(f"broker: {exc}", file=sys.stderr)
+            leaf: BaseException = _first_leaf(matched)
+        else:
+            leaf = exc
+        if isinstance(leaf, ConfigError):
+            print(f"broker: {leaf}", file=sys.stderr)
             return 2
-        print(f"broker: cannot serve: {exc}", file=sys.stderr)
+        print(f"broker: cannot serve: {leaf}", file=sys.stderr)
         return 1
     return 0
 
@@ -163,11 +169,125 @@ def cluster_main(argv: list[str]) -> int:
     )
 
 
+_TTL: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_TTL_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _ttl(text: str) -> float:
+    match = _TTL.fullmatch(text.strip().lower())
+    if match is None or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: use 3600, 90s, 30m, 12h or 7d"
+        )
+    return float(match[1]) * _TTL_UNITS[match[2]]
+
+
+def _token_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="broker token",
+        description="Mint a JWT the broker accepts, signed with the [auth] key of the config "
+        "(or BROKER_AUTH_SECRET), and print it.",
+        epilog="Patterns: jobs/42 (one topic), jobs/* (one segment), jobs/** (everything "
+        "below), ** (all). Example: broker token --sub worker-1 --publish 'jobs/**'",
+    )
+    parser.add_argument("--config", help="a config.toml (default: ./config.toml if present)")
+    parser.add_argument("--sub", default="", help="the token's subject (who it is for)")
+    parser.add_argument(
+        "--publish",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATTERN",
+        help="topic patterns this token may publish to",
+    )
+    parser.add_argument(
+        "--subscribe",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATTERN",
+        help="topic patterns this token may subscribe to",
+    )
+    parser.add_argument("--admin", action="store_true", help='add "admin": true')
+    parser.add_argument(
+        "--ttl",
+        type=_ttl,
+        default=float(DEFAULT_TOKEN_TTL_SECONDS),
+        help="how long it is valid: seconds, or 30m, 12h, 7d (default: 1h)",
+    )
+    parser.add_argument(
+        "--key",
+        help="the PEM private key, for RS256/ES256 (the broker holds only the public key)",
+    )
+    return parser
+
+
+def token_main(argv: list[str], environ: dict[str, str] | None = None) -> int:
+    """``broker token``: print a signed token (exit 2 when there is no key to sign with)."""
+    args = _token_parser().parse_args(argv)
+    path = args.config
+    if path is None and os.path.exists("config.toml"):
+        path = "config.toml"
+    try:
+        auth = load_settings(path, environ=dict(os.environ) if environ is None else environ).auth
+    except ConfigError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 2
+    if auth.algorithm == "HS256":
+        key = auth.secret
+        if not key:
+            print(
+                "broker: auth is off: no [auth] secret to sign with. Set one in config.toml or "
+                "in the environment of both the broker and this command, e.g.\n"
+                "  export BROKER_AUTH_SECRET=$(python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')",
+                file=sys.stderr,
+            )
+            return 2
+    elif not args.key:
+        print(
+            f"broker: [auth] algorithm is {auth.algorithm}: give the private key that "
+            "matches public_key_file with --key FILE",
+            file=sys.stderr,
+        )
+        return 2
+    else:
+        try:
+            with open(args.key) as file:
+                key = file.read()
+        except OSError as exc:
+            print(f"broker: cannot read --key: {exc}", file=sys.stderr)
+            return 2
+    if not args.publish and not args.subscribe and not args.admin:
+        print(
+            "broker: note: this token allows nothing; add --publish/--subscribe PATTERN",
+            file=sys.stderr,
+        )
+    try:
+        token = mint_token(
+            algorithm=auth.algorithm,
+            key=key,
+            now=time.time(),  # a JWT's iat/exp are wall-clock time
+            ttl_seconds=args.ttl,
+            subject=args.sub,
+            publish=args.publish,
+            subscribe=args.subscribe,
+            admin=args.admin,
+            audience=auth.audience,
+            issuer=auth.issuer,
+        )
+    except ValueError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 def _store_name(settings: Settings) -> str:
     """The Redis URL with its password hidden, for the supervisor's start line."""
     if settings.cluster.engine != "redis":
         return ""
-    from .redis_engine.address import parse_redis_url  # sans-IO; checked by load_settings
+    from .engines.redis.address import parse_redis_url  # sans-IO; checked by load_settings
 
     return parse_redis_url(settings.cluster.redis_url).redacted()
 
@@ -175,7 +295,7 @@ def _store_name(settings: Settings) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``broker`` command."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = "run, cluster, pub, sub"
+    commands = "run, cluster, token, pub, sub"
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: broker {{{commands}}} ...  (broker COMMAND --help for details)")
         return 0 if argv else 2
@@ -184,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_main(rest)
     if command == "cluster":
         return cluster_main(rest)
+    if command == "token":
+        return token_main(rest)
     if command in ("pub", "sub"):
         try:
             from broker_client import _cli  # the client library ships the CLI
@@ -193,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return _cli.pub_main(rest) if command == "pub" else _cli.sub_main(rest)
+        code: int = _cli.pub_main(rest) if command == "pub" else _cli.sub_main(rest)
+        return code
     print(f"broker: unknown command {command!r}; use one of {commands}", file=sys.stderr)
     return 2

@@ -9,13 +9,14 @@ pass a dict. Environment names are ``BROKER_<TABLE>_<KEY>``, e.g. ``BROKER_SERVE
 from __future__ import annotations
 
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 
 def _range(low: float | None = None, high: float | None = None) -> dict[str, Any]:
@@ -56,6 +57,8 @@ class LimitSettings:
     max_body_bytes: int = field(default=1024 * 1024, metadata=_range(1, 1 << 32))
     max_head_bytes: int = field(default=16 * 1024, metadata=_range(1024, 1 << 24))
     idle_timeout_seconds: float = field(default=60.0, metadata=_range(0.05, 86400))
+    head_timeout_seconds: float = field(default=10.0, metadata=_range(0.05, 3600))
+    min_body_rate_bytes: int = field(default=1024, metadata=_range(0, 1 << 30))
     max_topics_per_subscription: int = field(default=64, metadata=_range(1, 100_000))
     max_connections: int = field(default=50_000, metadata=_range(0, 10_000_000))
     max_connections_per_ip: int = field(default=0, metadata=_range(0, 10_000_000))
@@ -76,6 +79,8 @@ class AuthSettings:
     audience: str = ""
     issuer: str = ""
     leeway_seconds: float = field(default=30.0, metadata=_range(0, 3600))
+    #: Refuse tokens without ``exp`` (a token that never expires is a standing credential).
+    require_exp: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,10 @@ class ClusterSettings:
     ack: str = field(default="local", metadata={"choices": ("local", "replicated")})
     min_replicas: int = field(default=1, metadata=_range(1, 1000))
     ack_timeout_seconds: float = field(default=5.0, metadata=_range(0.01, 600))
+    handshake_timeout_seconds: float = field(default=5.0, metadata=_range(0.05, 600))
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "broker"
     redis_timeout_seconds: float = field(default=2.0, metadata=_range(0.05, 600))
@@ -223,7 +232,7 @@ def _coerce(where: str, value: Any, default: Any, meta: Mapping[str, Any]) -> An
 def _build(document: Mapping[str, Any], source: str) -> Settings:
     tables: dict[str, Any] = {}
     for table_field in fields(Settings):
-        table_cls = type(table_field.default)
+        table_cls: Any = type(table_field.default)  # each table field defaults to an instance
         raw = document.get(table_field.name, {})
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{source}: [{table_field.name}] must be a table")
@@ -319,6 +328,8 @@ def load_settings(
         )
     if cluster.engine == "redis":
         _check_redis(source, settings)
+    if mesh:
+        _check_peer_tls(source, cluster)
     if mesh and cluster.max_frame_bytes < settings.limits.max_body_bytes + 1024:
         raise ConfigError(
             f"{source}: [cluster] max_frame_bytes must exceed [limits] max_body_bytes"
@@ -331,7 +342,7 @@ def load_settings(
 
 
 def _check_redis(source: str, settings: Settings) -> None:
-    from .redis_engine.address import parse_redis_url  # sans-IO; no Redis client import
+    from .engines.redis.address import parse_redis_url  # sans-IO; no Redis client import
 
     cluster = settings.cluster
     if not cluster.enabled:
@@ -363,6 +374,30 @@ def _check_redis(source: str, settings: Settings) -> None:
         )
     if settings.history.size < 1:
         raise ConfigError(f"{source}: [history] size must be at least 1 with the redis engine")
+
+
+def _check_peer_tls(source: str, cluster: ClusterSettings) -> None:
+    files = {name: getattr(cluster, name) for name in ("tls_cert", "tls_key", "tls_ca")}
+    if not any(files.values()):
+        return
+    for name, value in files.items():
+        if not value:
+            raise ConfigError(
+                f"{source}: [cluster] {name} is missing: tls_cert, tls_key and tls_ca go together"
+            )
+        if not Path(value).is_file():
+            raise ConfigError(f"{source}: [cluster] {name} {value!r} not found")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(files["tls_cert"], files["tls_key"])
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{source}: [cluster] tls_cert/tls_key: not a certificate and its key ({exc})"
+        ) from None
+    try:
+        context.load_verify_locations(cafile=files["tls_ca"])
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{source}: [cluster] tls_ca: not a CA certificate ({exc})") from None
 
 
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")

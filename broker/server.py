@@ -1,6 +1,7 @@
 """The composition root: how a broker process starts, serves and stops.
 
-Start: the hub (with its heartbeat task), the quart-trio app behind hypercorn (lifespan
+Start: the soft limit of open files raised to the hard limit (every connection is a
+descriptor), the hub (with its heartbeat task), the quart-trio app behind hypercorn (lifespan
 started), then the public listener; readiness is reported with the bound URLs.
 
 Shutdown, in this order and only here:
@@ -15,6 +16,7 @@ Shutdown, in this order and only here:
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,22 +26,24 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .app import create_app
-from .asgi import HotRoutes
-from .auth import Authenticator
 from .cluster import Cluster, ClusterOptions, open_cluster
 from .config import Settings
-from .controlplane import ControlPlane, server_ssl_context
-from .cors import CorsPolicy
-from .dataplane import DataPlane, Limits
+from .control.app import create_app
+from .control.handoff import ControlPlane, server_ssl_context
+from .control.metrics import make_registry
+from .edge.asgi import HotRoutes
+from .edge.auth import Authenticator
+from .edge.cors import CorsPolicy
+from .edge.dataplane import DataPlane
+from .edge.limits import ConnectionLimiter, RateLimiter
+from .edge.listener import Acceptor
+from .edge.policy import Policy
+from .edge.session import Limits, Streams
+from .edge.wsconnection import WsOptions
 from .hub import Hub, open_hub
-from .limits import ConnectionLimiter, RateLimiter
-from .metrics import make_registry
-from .policy import Policy
-from .wsconnection import WsOptions
 
 if TYPE_CHECKING:
-    from .redis_engine import RedisEngine
+    from .engines.redis import RedisEngine
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ class RunningServer:
     Attributes:
         urls: ``http://host:port`` for each bound address.
         hub: the node's hub.
+        streams: what every stream shares, and the count of open streams.
         dataplane: the public listener's connection handler (connection counts).
         control: the hypercorn side.
         cluster: this node's mesh membership, if ``[cluster] enabled`` on the mesh engine.
@@ -59,8 +64,10 @@ class RunningServer:
 
     urls: list[str]
     hub: Hub
+    streams: Streams
     dataplane: DataPlane
     control: ControlPlane
+    acceptor: Acceptor
     cluster: Cluster | None = None
     store: RedisEngine | None = None
     _shutdown: trio.Event = field(default_factory=trio.Event)
@@ -83,6 +90,8 @@ def limits_from(settings: Settings) -> Limits:
         max_body_bytes=settings.limits.max_body_bytes,
         max_head_bytes=settings.limits.max_head_bytes,
         idle_timeout=settings.limits.idle_timeout_seconds,
+        head_timeout=settings.limits.head_timeout_seconds,
+        min_body_rate=settings.limits.min_body_rate_bytes,
         queue_events=settings.stream.queue_events,
         queue_bytes=settings.stream.queue_bytes,
         send_timeout=settings.stream.send_timeout_seconds,
@@ -102,6 +111,7 @@ async def serve(
 
     Use as ``server = await nursery.start(serve, settings)``.
     """
+    raise_open_files_limit(settings.limits.max_connections)
     limits = limits_from(settings)
     grace = settings.shutdown.grace_seconds
     clustered = settings.cluster.enabled and settings.cluster.engine == "mesh"
@@ -123,13 +133,14 @@ async def serve(
             metrics=make_registry(lambda: running),
         )
         catchup = settings.cluster.catchup_seconds if clustered else 0.0
-        app.asgi_app = HotRoutes(  # type: ignore[method-assign]
-            app.asgi_app, hub, limits, policy, catchup_seconds=catchup
-        )
+        streams = Streams(hub, policy, limits, catchup_seconds=catchup)
+        # Quart types asgi_app as its own method; HotRoutes is an ASGI callable in its place.
+        app.asgi_app = HotRoutes(app.asgi_app, streams)  # type: ignore[method-assign,assignment]
         tls = settings.tls
         control = ControlPlane(
             app,
             keep_alive_timeout=settings.limits.idle_timeout_seconds,
+            handshake_timeout=settings.limits.head_timeout_seconds,
             graceful_timeout=grace,
             ssl_context=server_ssl_context(tls.cert_file, tls.key_file) if tls.cert_file else None,
         )
@@ -143,24 +154,17 @@ async def serve(
                 allow_publish=ws.allow_publish,
             )
             dataplane = DataPlane(
-                hub,
-                limits,
+                streams,
                 control.serve,
                 ws_options,
-                policy=policy,
                 handoff_tls=control.serve_tls if control.ssl_context else None,
-                catchup_seconds=catchup,
             )
             nursery.start_soon(dataplane.sweep_idle)
             listeners = await _open_listeners(settings)
+            acceptor = Acceptor(dataplane.handle_connection, make_room=dataplane.make_room)
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()
-                serve_listeners = partial(
-                    trio.serve_listeners,
-                    dataplane.handle_connection,
-                    listeners,
-                    handler_nursery=connections,
-                )
+                serve_listeners = partial(acceptor.serve, listeners, handler_nursery=connections)
 
                 async def accept(*, task_status: trio.TaskStatus[Any]) -> None:
                     with accepting:
@@ -168,13 +172,15 @@ async def serve(
 
                 bound = await nursery.start(accept)
                 urls = [_url(listener.socket.getsockname()) for listener in bound]
-                running = RunningServer(urls, hub, dataplane, control, cluster, store)
+                running = RunningServer(
+                    urls, hub, streams, dataplane, control, acceptor, cluster, store
+                )
                 for url in urls:
                     log.info("listening on %s (origin %s)", url, hub.origin)
                 task_status.started(running)
                 await running._shutdown.wait()
 
-                log.info("shutting down: %d streams open", dataplane.streams)
+                log.info("shutting down: %d streams open", streams.statistics().open)
                 accepting.cancel()
                 hub.close()
                 dataplane.close_idle()
@@ -182,6 +188,30 @@ async def serve(
                 connections.cancel_scope.deadline = trio.current_time() + grace
             nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+def raise_open_files_limit(max_connections: int = 0) -> int:
+    """Raise the soft limit of open files to the hard limit; log and return it.
+
+    Each connection holds a descriptor: at a distribution's default soft limit (often 1024)
+    a thousand idle sockets would stop the broker accepting anyone.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("open files: cannot raise the soft limit %d to %d: %s", soft, hard, exc)
+    log.info("open files: limit %d (hard %s)", soft, "unlimited" if hard < 0 else hard)
+    if max_connections and soft < max_connections:
+        log.warning(
+            "open files: limit %d is below [limits] max_connections %d; accept fails beyond it",
+            soft,
+            max_connections,
+        )
+    return soft
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -200,6 +230,7 @@ def policy_from(settings: Settings) -> Policy:
             audience=auth.audience,
             issuer=auth.issuer,
             leeway_seconds=auth.leeway_seconds,
+            require_exp=auth.require_exp,
         ),
         cors=CorsPolicy(settings.cors.allow_origins, settings.cors.allow_credentials),
         rate=RateLimiter(limits.publish_rate, limits.publish_burst),
@@ -210,10 +241,14 @@ def policy_from(settings: Settings) -> Policy:
 
 
 def _connection_stats(server: RunningServer) -> dict[str, Any]:
+    accept = server.acceptor.statistics()
     stats: dict[str, Any] = {
-        "connections": server.dataplane.connections,
-        "streams": server.dataplane.streams,
+        "connections": server.dataplane.statistics().connections,
+        "streams": server.streams.statistics().open,
         "handed_off_connections": server.control.connections,
+        "request_timeouts": server.dataplane.statistics().request_timeouts,
+        "accept_failures": accept.failures,
+        "connections_closed_for_room": server.dataplane.statistics().closed_for_room,
     }
     if server.cluster is not None:
         stats["cluster"] = server.cluster.statistics()
@@ -246,6 +281,10 @@ async def _maybe_cluster(hub: Hub, settings: Settings) -> AsyncIterator[Cluster 
         ack=config.ack,
         min_replicas=config.min_replicas,
         ack_timeout_seconds=config.ack_timeout_seconds,
+        handshake_timeout=config.handshake_timeout_seconds,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        tls_ca=config.tls_ca,
     )
     async with open_cluster(hub, options) as cluster:
         log.info("cluster: node %s, peer link on %s", options.node_id, cluster.addr)
@@ -258,7 +297,7 @@ async def _maybe_store(hub: Hub, settings: Settings) -> AsyncIterator[RedisEngin
     if not config.enabled or config.engine != "redis":
         yield None
         return
-    from .redis_engine import RedisOptions, open_redis_engine  # imports coredis
+    from .engines.redis import RedisOptions, open_redis_engine  # imports coredis
 
     options = RedisOptions(
         url=config.redis_url,

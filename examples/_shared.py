@@ -35,6 +35,11 @@ def command_line(prog: str, description: str) -> argparse.ArgumentParser:
         default=os.environ.get("BROKER_URL", DEFAULT_URL),
         help="the broker's base URL (default: $BROKER_URL or %(default)s)",
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("BROKER_TOKEN") or None,
+        help="a JWT when the broker has auth on (default: $BROKER_TOKEN; see `broker token`)",
+    )
     return parser
 
 

@@ -8,7 +8,7 @@ an upgrade, masking and a second framing layer for nothing a peer needs.
 Frame types (``t``):
 
     hello   {node, origin, nonce, addr}       first frame on a link, both directions
-    auth    {mac}                             HMAC over both nonces (see auth.py)
+    auth    {mac}                             the handshake's proofs (see auth.py)
     members {peers: {node: addr},             gossip: everyone this node knows, their
              origins?: {node: origin},        origins, and the removed members
              gone?: {node: origin}}           (tombstones, membership.py)
@@ -53,7 +53,7 @@ class FrameError(Exception):
 
 def encode(frame: dict[str, Any]) -> bytes:
     """One frame, length prefix included."""
-    body = msgpack.packb(frame, use_bin_type=True)
+    body: bytes = msgpack.packb(frame, use_bin_type=True)
     return PREFIX.pack(len(body)) + body
 
 
@@ -99,25 +99,42 @@ class FrameDecoder:
         self.max_frame_bytes = max_frame_bytes
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def feed(self, data: bytes | bytearray) -> list[dict[str, Any]]:
         """Add received bytes; return the complete frames, validated.
 
         Raises:
             FrameError: oversized, undecodable or malformed frames.
         """
-        buffer = self._buffer
-        buffer += data
+        self._buffer += data
         frames = []
-        while len(buffer) >= PREFIX.size:
-            (length,) = PREFIX.unpack_from(buffer)
-            if length > self.max_frame_bytes:
-                raise FrameError(f"frame of {length} bytes is over {self.max_frame_bytes}")
-            if len(buffer) < PREFIX.size + length:
-                break
-            body = bytes(buffer[PREFIX.size : PREFIX.size + length])
-            del buffer[: PREFIX.size + length]
-            frames.append(_check(body))
+        while (frame := self.next_frame()) is not None:
+            frames.append(frame)
         return frames
+
+    def add(self, data: bytes | bytearray) -> None:
+        """Buffer received bytes without decoding them (see :meth:`next_frame`)."""
+        self._buffer += data
+
+    def next_frame(self) -> dict[str, Any] | None:
+        """The next complete frame in the buffer, validated, or ``None``.
+
+        One frame at a time lets a caller change :attr:`max_frame_bytes` between frames
+        (the peer handshake accepts only small frames until the peer is authenticated).
+
+        Raises:
+            FrameError: oversized, undecodable or malformed frames.
+        """
+        buffer = self._buffer
+        if len(buffer) < PREFIX.size:
+            return None
+        (length,) = PREFIX.unpack_from(buffer)
+        if length > self.max_frame_bytes:
+            raise FrameError(f"frame of {length} bytes is over {self.max_frame_bytes}")
+        if len(buffer) < PREFIX.size + length:
+            return None
+        body = bytes(buffer[PREFIX.size : PREFIX.size + length])
+        del buffer[: PREFIX.size + length]
+        return _check(body)
 
 
 def _check(body: bytes) -> dict[str, Any]:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from . import auth, frames
+from .auth import Hello as Hello
 
 log = logging.getLogger(__name__)
 
@@ -37,73 +37,60 @@ class LinkBroken(LinkError):
     """The peer went away, failed authentication, or sent something invalid."""
 
 
-@dataclass(frozen=True, slots=True)
-class Hello:
-    node: str
-    origin: str
-    addr: str
-
-
 async def handshake(
     stream: trio.abc.Stream,
     decoder: frames.FrameDecoder,
     own: Hello,
     secret: bytes,
     *,
+    dialer: bool,
     timeout: float,
 ) -> tuple[Hello, list[dict[str, Any]]]:
-    """Exchange ``hello`` and ``auth`` frames; return the peer and any frames after them.
+    """Run the peer handshake (``auth.Handshake``) on ``stream``; return the proven peer.
+
+    Until the peer is proven, frames over ``auth.MAX_FRAME_BYTES`` are refused; then the
+    decoder's own limit applies again.
+
+    Args:
+        dialer: this node opened the connection (the role is bound into every MAC).
+        timeout: the whole handshake must finish within this many seconds.
+
+    Returns:
+        The peer, and any frames it sent after its proof (to be handled first).
 
     Raises:
-        LinkBroken: timeout, garbage, or a wrong secret.
+        LinkBroken: timeout, garbage, a protocol violation, or a wrong secret.
     """
-    nonce = auth.new_nonce()
-    pending: list[dict[str, Any]] = []
+    machine = auth.Handshake(secret, own, dialer=dialer)
+    limit = decoder.max_frame_bytes
+    decoder.max_frame_bytes = min(limit, auth.MAX_FRAME_BYTES)
+
+    async def send(out: list[dict[str, Any]]) -> None:
+        if out:
+            await stream.send_all(b"".join(frames.encode(frame) for frame in out))
 
     async def next_frame() -> dict[str, Any]:
-        while not pending:
-            try:
-                data = await stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise LinkBroken(f"connection lost: {exc}") from None
+        while (frame := decoder.next_frame()) is None:
+            data = await stream.receive_some(auth.MAX_FRAME_BYTES)
             if not data:
                 raise LinkBroken("connection closed during handshake")
-            try:
-                pending.extend(decoder.feed(data))
-            except frames.FrameError as exc:
-                raise LinkBroken(f"garbage during handshake: {exc}") from None
-        return pending.pop(0)
+            decoder.add(data)
+        return frame
 
     with trio.move_on_after(timeout) as timer:
         try:
-            await stream.send_all(
-                frames.encode(
-                    {
-                        "t": "hello",
-                        "node": own.node,
-                        "origin": own.origin,
-                        "nonce": nonce,
-                        "addr": own.addr,
-                    }
-                )
-            )
-            hello = await next_frame()
-            if hello["t"] != "hello":
-                raise LinkBroken(f"expected hello, got {hello['t']}")
-            peer = Hello(hello["node"], hello["origin"], hello["addr"])
-            await stream.send_all(
-                frames.encode(
-                    {"t": "auth", "mac": auth.prove(secret, hello["nonce"], nonce, own.node)}
-                )
-            )
-            proof = await next_frame()
+            await send(machine.start())
+            while machine.peer is None:
+                await send(machine.receive(await next_frame()))
+            decoder.max_frame_bytes = limit
+            first = decoder.feed(b"")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise LinkBroken(f"connection lost: {exc}") from None
-        if proof["t"] != "auth" or not auth.verify(
-            secret, nonce, hello["nonce"], peer.node, proof["mac"]
-        ):
-            raise LinkBroken(f"peer {peer.node} at {peer.addr} failed authentication")
-        return peer, pending
+            raise LinkBroken(f"connection lost: {exc.__cause__ or exc}") from None
+        except frames.FrameError as exc:
+            raise LinkBroken(f"garbage during handshake: {exc}") from None
+        except auth.HandshakeFailed as exc:
+            raise LinkBroken(str(exc)) from None
+        return machine.peer, first
     assert timer.cancelled_caught
     raise LinkBroken("handshake timed out")
 

@@ -93,7 +93,7 @@ class Membership:
 
     def _backoff(self, failures: int) -> float:
         base = min(self.backoff_max, 0.25 * 2 ** min(failures, 10))
-        return base * random.uniform(0.8, 1.2)
+        return float(base * random.uniform(0.8, 1.2))
 
     def learn(
         self,

@@ -25,14 +25,15 @@ from typing import Any
 
 import trio
 
-from ..events import Event
 from ..hub import Hub
-from ..store import NotReplicated
+from ..hub.engine import NotReplicated
+from ..hub.events import Event
 from . import frames
 from .catchup import CatchUp, Gap, Pull
 from .link import Hello, LinkBroken, LinkClosed, PeerLink, handshake
 from .membership import Membership
 from .replication import Replicator
+from .tls import PeerTls, peer_tls
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ class ClusterOptions:
     ack: str = "local"
     min_replicas: int = 1
     ack_timeout_seconds: float = 5.0
+    #: PEM files for mutual TLS on every peer link (all three, or none: plain TCP).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
 
 
 def event_frame(event: Event, *, ack: bool = False) -> bytes:
@@ -85,6 +90,9 @@ class Cluster:
     def __init__(self, hub: Hub, options: ClusterOptions) -> None:
         self.hub = hub
         self.options = options
+        self.tls: PeerTls | None = None
+        if options.tls_cert or options.tls_key or options.tls_ca:
+            self.tls = peer_tls(options.tls_cert, options.tls_key, options.tls_ca)
         self.links: dict[str, PeerLink] = {}
         self.isolated: set[str] = set()
         self.addr = options.advertise
@@ -155,28 +163,55 @@ class Cluster:
     # -- links ----------------------------------------------------------------------------
 
     async def _serve_inbound(self, stream: trio.SocketStream) -> None:
-        await self._run_link(stream, dialed=False, addr="inbound")
+        try:
+            host, port, *_ = stream.socket.getpeername()
+            addr = f"{host}:{port}"
+        except OSError:
+            addr = "inbound"
+        await self._run_link(stream, dialed=False, addr=addr)
 
     async def _dial(self, addr: str) -> None:
         host, _, port = addr.rpartition(":")
         try:
             with trio.fail_after(self.options.handshake_timeout):
                 stream = await trio.open_tcp_stream(host, int(port))
-        except (OSError, trio.TooSlowError, ValueError) as exc:
+        except (OSError, trio.TooSlowError, ValueError, OverflowError) as exc:
             log.debug("%s: cannot reach %s: %s", self, addr, exc)
             self.membership.dial_failed(addr, trio.current_time())
             return
         await self._run_link(stream, dialed=True, addr=addr)
 
-    async def _run_link(self, stream: trio.SocketStream, *, dialed: bool, addr: str) -> None:
+    async def _secure(self, stream: trio.abc.Stream, *, dialed: bool, addr: str) -> trio.abc.Stream:
+        """Wrap ``stream`` in TLS when configured and finish the TLS handshake."""
+        if self.tls is None:
+            return stream
+        if dialed:
+            host = addr.rpartition(":")[0].strip("[]")
+            secure = trio.SSLStream(stream, self.tls.client, server_hostname=host)
+        else:
+            secure = trio.SSLStream(stream, self.tls.server, server_side=True)
+        try:
+            await secure.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise LinkBroken(f"TLS handshake failed: {exc.__cause__ or exc}") from None
+        return secure
+
+    async def _run_link(self, stream: trio.abc.Stream, *, dialed: bool, addr: str) -> None:
         options = self.options
         decoder = frames.FrameDecoder(options.max_frame_bytes)
+        timeout = options.handshake_timeout
         try:
-            peer, first = await handshake(
-                stream, decoder, self.own, options.secret, timeout=options.handshake_timeout
-            )
+            # One deadline for TLS and the peer handshake: a peer that never finishes
+            # either is dropped after handshake_timeout.
+            with trio.move_on_after(timeout) as timer:
+                stream = await self._secure(stream, dialed=dialed, addr=addr)
+                peer, first = await handshake(
+                    stream, decoder, self.own, options.secret, dialer=dialed, timeout=timeout
+                )
+            if timer.cancelled_caught:
+                raise LinkBroken("handshake timed out")
         except LinkBroken as exc:
-            log.warning("%s: link from %s refused: %s", self, addr, exc)
+            log.warning("%s: link %s %s refused: %s", self, "to" if dialed else "from", addr, exc)
             self.rejected_links += 1
             if dialed:
                 self.membership.dial_failed(addr, trio.current_time())

@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     async def service() -> None:
-        async with BrokerClient(args.url) as client, trio.open_nursery() as nursery:
+        async with (
+            BrokerClient(args.url, token=args.token) as client,
+            trio.open_nursery() as nursery,
+        ):
             await nursery.start(serve_summary, client, args.topic)
             query = {} if args.topic == DEFAULT_TOPIC else {"topic": args.topic}
             page = page_url(args.url, "event_browser", **query)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         say(f"  {stage:<14} {labels[stage].ko} ({labels[stage].en})")
 
     async def job() -> None:
-        async with BrokerClient(args.url) as client:
+        async with BrokerClient(args.url, token=args.token) as client:
             say(f"job {job_id}: watch it at {page_url(args.url, 'job_progress', job=job_id)}")
             say(f"  or: curl -N '{args.url.rstrip('/')}/topics/{job_topic(job_id)}/events'")
             await trio.sleep(args.wait)

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     async def publisher() -> None:
-        async with BrokerClient(args.url) as client:
+        async with BrokerClient(args.url, token=args.token) as client:
             query = {} if args.topic == DEFAULT_TOPIC else {"topic": args.topic}
             say(f"publishing ticks; watch at {page_url(args.url, 'resilient_client', **query)}")
             say("Ctrl-C stops")

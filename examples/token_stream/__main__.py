@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     answer_id = args.follow or args.answer or new_id()
 
     async def stream() -> None:
-        async with BrokerClient(args.url) as client, trio.open_nursery() as nursery:
+        async with (
+            BrokerClient(args.url, token=args.token) as client,
+            trio.open_nursery() as nursery,
+        ):
             url = f"{args.url.rstrip('/')}/topics/{quote(answer_topic(answer_id))}/events"
             page = page_url(args.url, "token_stream", answer=answer_id)
             say(f"answer {answer_id}: watch it at {page}")

@@ -48,6 +48,7 @@ async def test_bad_peers_are_cut_off_and_the_node_keeps_serving(caplog):
                     frames.FrameDecoder(),
                     Hello("evil", "zzzzzz", "x:1"),
                     b"wrong secret",
+                    dialer=True,
                     timeout=5,
                 )
             except LinkBroken:
@@ -59,7 +60,12 @@ async def test_bad_peers_are_cut_off_and_the_node_keeps_serving(caplog):
             # 3. the right secret, then a frame over the size limit
             big = await trio.open_tcp_stream(*peer_endpoint(a))
             await handshake(
-                big, frames.FrameDecoder(), Hello("big", "yyyyyy", "x:2"), b"test-secret", timeout=5
+                big,
+                frames.FrameDecoder(),
+                Hello("big", "yyyyyy", "x:2"),
+                b"test-secret",
+                dialer=True,
+                timeout=5,
             )
             await big.send_all(frames.PREFIX.pack(100 * 1024 * 1024) + b"x" * 1000)
             await read_until_closed(big)
@@ -67,7 +73,12 @@ async def test_bad_peers_are_cut_off_and_the_node_keeps_serving(caplog):
             # 4. the right secret, then a frame that is msgpack but no peer frame
             odd = await trio.open_tcp_stream(*peer_endpoint(a))
             await handshake(
-                odd, frames.FrameDecoder(), Hello("odd", "xxxxxx", "x:3"), b"test-secret", timeout=5
+                odd,
+                frames.FrameDecoder(),
+                Hello("odd", "xxxxxx", "x:3"),
+                b"test-secret",
+                dialer=True,
+                timeout=5,
             )
             body = msgpack.packb({"t": "ev", "o": "q"})
             await odd.send_all(frames.PREFIX.pack(len(body)) + body)
@@ -99,6 +110,7 @@ async def test_peer_secret_is_not_accepted_on_the_public_port():
                     frames.FrameDecoder(),
                     Hello("x", "wwwwww", "x:4"),
                     b"test-secret",
+                    dialer=True,
                     timeout=3,
                 )
             except LinkBroken:

@@ -4,7 +4,7 @@ import httpx
 import pytest
 import trio
 
-from broker import positions
+from broker.core import positions
 from tests.support.mesh import Mesh
 from tests.support.sse_client import open_sse
 

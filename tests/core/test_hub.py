@@ -5,8 +5,8 @@ import trio
 import trio.testing
 
 from broker.hub import Hub, PublishItem, open_hub
-from broker.sse import SseCodec
-from broker.subscriber import Subscriber
+from broker.hub.subscriber import Subscriber
+from broker.wire.sse import SseCodec
 
 
 class MemorySink:

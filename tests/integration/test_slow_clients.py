@@ -11,6 +11,7 @@ import trio
 
 from tests.support.servers import open_broker_server
 from tests.support.sse_client import SseStream, open_sse
+from tests.support.waiting import wait_for
 
 
 async def open_unread_socket(url: str, path: str) -> trio.SocketStream:
@@ -22,12 +23,6 @@ async def open_unread_socket(url: str, path: str) -> trio.SocketStream:
     stream = trio.SocketStream(sock)
     await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     return stream
-
-
-async def wait_for(predicate, timeout=10):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def test_slow_subscriber_loses_the_oldest_and_is_told_exactly_what():
@@ -105,7 +100,7 @@ async def test_frozen_client_is_evicted_and_others_keep_receiving():
             assert server.hub.statistics().subscribers == 1
             await frozen.aclose()
             await healthy.aclose()
-            await wait_for(lambda: server.dataplane.connections == 0)
+            await wait_for(lambda: server.dataplane.statistics().connections == 0)
 
 
 READER = """

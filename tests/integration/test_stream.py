@@ -8,6 +8,7 @@ import trio
 
 from tests.support.servers import open_broker_server
 from tests.support.sse_client import open_sse
+from tests.support.waiting import wait_for
 
 
 async def publish(url, topic, body, content_type="application/json", **params):
@@ -15,12 +16,6 @@ async def publish(url, topic, body, content_type="application/json", **params):
         return await client.post(
             f"/topics/{topic}", content=body, headers={"Content-Type": content_type}, params=params
         )
-
-
-async def wait_for(predicate, timeout=10):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
 
 
 async def test_publish_reaches_subscriber_with_resumable_id():
@@ -135,12 +130,12 @@ async def test_keep_alive_publishes_on_one_connection():
                     assert answer.status_code == 202
                     ids.append(answer.json()["id"])
             assert len(set(ids)) == 50
-            assert server.dataplane.connections == 0 or await _settled(server)
+            assert server.dataplane.statistics().connections == 0 or await _settled(server)
             assert server.hub.statistics().published == 50
 
 
 async def _settled(server):
-    await wait_for(lambda: server.dataplane.connections == 0)
+    await wait_for(lambda: server.dataplane.statistics().connections == 0)
     return True
 
 

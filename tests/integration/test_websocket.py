@@ -10,6 +10,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.support.servers import open_broker_server
 from tests.support.sse_client import open_sse
+from tests.support.waiting import wait_for
 
 
 def ws_url(server, path):
@@ -18,12 +19,6 @@ def ws_url(server, path):
 
 async def next_json(ws):
     return json.loads(await ws.get_message())
-
-
-async def wait_for(predicate, timeout=10):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def test_same_events_and_ids_as_sse():
@@ -225,7 +220,7 @@ async def test_upgrade_with_stray_bytes_does_not_hurt_the_server():
             # and everyone else is still served
             async with open_websocket_url(ws_url(server, "/topics/r/ws")) as ws:
                 assert (await next_json(ws))["event"] == "broker.start"
-            await wait_for(lambda: server.dataplane.connections == 0)
+            await wait_for(lambda: server.dataplane.statistics().connections == 0)
 
 
 async def test_shutdown_notice_then_close_1001():
@@ -260,7 +255,7 @@ async def test_slow_websocket_reader_gets_a_drop_notice():
 async def test_websocket_churn_returns_to_zero(task_count):
     with trio.fail_after(30):
         async with open_broker_server() as server:
-            await wait_for(lambda: server.dataplane.connections == 0)
+            await wait_for(lambda: server.dataplane.statistics().connections == 0)
             baseline = task_count()
             for _ in range(5):
                 async with trio.open_nursery() as nursery:
@@ -274,6 +269,6 @@ async def test_websocket_churn_returns_to_zero(task_count):
 
                         nursery.start_soon(one)
             await wait_for(lambda: server.hub.statistics().subscribers == 0)
-            await wait_for(lambda: server.dataplane.connections == 0)
-            assert server.dataplane.streams == 0
+            await wait_for(lambda: server.dataplane.statistics().connections == 0)
+            assert server.streams.statistics().open == 0
             await wait_for(lambda: task_count() == baseline)

@@ -1,7 +1,7 @@
 """How a node should learn about new stream entries: three ways, measured.
 
 Not a test (pytest does not collect it): the measurement behind the choice documented in
-``broker/redis_engine/follower.py`` and the README. Run it with::
+``broker/engines/redis/follower.py`` and the README. Run it with::
 
     .venv/bin/python -m tests.redis.measure_live_read [--rate 2000] [--seconds 5]
 
@@ -41,7 +41,7 @@ from coredis.retry import NoRetryPolicy
 
 PUBLISHER = r"""
 import sys, time, random, trio, coredis
-from broker.redis_engine import entries
+from broker.engines.redis import entries
 url, topics, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 async def main():
     async with coredis.Redis.from_url(url, decode_responses=True) as client:

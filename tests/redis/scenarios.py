@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -21,6 +21,7 @@ from trio_websocket import open_websocket_url
 from broker.server import RunningServer, serve
 from tests.support.servers import TEST_SETTINGS
 from tests.support.sse_client import SseEvent, SseStream, open_sse
+from tests.support.waiting import wait_for, wait_for_async
 
 
 def redis_tables(url: str, prefix: str, **tables: Any) -> dict[str, Any]:
@@ -103,18 +104,6 @@ async def until(stream: SseStream, event_type: str) -> tuple[SseEvent, list[SseE
             return event, before
         if not (event.event or "").startswith("broker."):
             before.append(event)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
-
-
-async def wait_for_async(predicate: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not await predicate():
-            await trio.sleep(0.02)
 
 
 async def wait_idle(servers: list[RunningServer]) -> None:

@@ -11,10 +11,10 @@ import pytest
 import trio
 import trio.testing
 
-from broker.events import Event
+from broker.engines.redis import entries, ids
+from broker.engines.redis.cache import TopicCache, plan_start, variant_id
 from broker.hub import Hub, NotSupported, PublishItem
-from broker.redis_engine import entries, ids
-from broker.redis_engine.cache import TopicCache, plan_start, variant_id
+from broker.hub.events import Event
 from tests.core.test_hub import MemorySink, events_in, make_subscriber
 
 

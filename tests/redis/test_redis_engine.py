@@ -9,10 +9,11 @@ import time
 
 import coredis
 import httpx
+import jwt
 import trio
 from trio_websocket import open_websocket_url
 
-from broker.redis_engine import ids
+from broker.engines.redis import ids
 from tests.redis import scenarios
 from tests.redis.conftest import (
     REDIS_SERVER,
@@ -412,4 +413,30 @@ async def test_publishes_work_within_1_s_of_redis_answering_again(persistent_red
             waited = trio.current_time() - back
             print(f"\npublishes accepted {waited:.2f} s after Redis answered again")
             assert waited < 1.0
+
+
+async def test_clearing_and_forgetting_need_a_token_on_the_redis_engine(redis_server, key_prefix):
+    """Issue 17: DELETE needed no token; on a store it wipes the topic for every node."""
+    secret = "a-shared-secret-that-is-long-enough-32"
+
+    def bearer(claims):
+        signed = jwt.encode({"exp": time.time() + 600, **claims}, secret, algorithm="HS256")
+        return {"Authorization": f"Bearer {signed}"}
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            node = await start_redis_node(
+                nursery, redis_server.url, key_prefix, auth={"secret": secret}
+            )
+            async with httpx.AsyncClient(base_url=node.url) as client:
+                owner, other = bearer({"publish": ["job"]}), bearer({"publish": ["x"]})
+                published = await client.post("/topics/job?retain=1", json=1, headers=owner)
+                assert published.status_code == 202
+                for path in ("/topics/job/retained", "/topics/job"):
+                    assert (await client.delete(path)).status_code == 401
+                    assert (await client.delete(path, headers=other)).status_code == 403
+                cleared = await client.delete("/topics/job/retained", headers=owner)
+                assert cleared.json() == {"topic": "job", "cleared": 1}
+                forgotten = await client.delete("/topics/job", headers=bearer({"admin": True}))
+                assert forgotten.json() == {"topic": "job", "forgotten": True}
             nursery.cancel_scope.cancel()

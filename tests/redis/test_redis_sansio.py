@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from broker import positions
 from broker.config import load_settings
-from broker.errors import BadEventId, ConfigError
-from broker.events import Event
-from broker.redis_engine import entries, ids
-from broker.redis_engine.address import parse_redis_url
-from broker.redis_engine.cache import TopicCache, has_everything, plan_start, split_read
-from broker.replay import StartAt
+from broker.core import positions
+from broker.core.errors import BadEventId, ConfigError
+from broker.engines.redis import entries, ids
+from broker.engines.redis.address import parse_redis_url
+from broker.engines.redis.cache import TopicCache, has_everything, plan_start, split_read
+from broker.hub.events import Event
+from broker.hub.replay import StartAt
 
 
 def entry(topic: str, ms: int, seq: int = 0, data: str = "x", **flags: bool) -> Event:

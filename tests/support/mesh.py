@@ -8,7 +8,7 @@ import socket
 import httpx
 import trio
 
-from broker import positions
+from broker.core import positions
 
 from .servers import BrokerProcess
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -53,11 +54,17 @@ class BrokerProcess:
             restarts.
         env: extra environment (``BROKER_*`` settings).
         args: extra ``broker run`` arguments.
+        open_files: the process's limit of open files (soft and hard), as ``ulimit -n``.
     """
 
     def __init__(
-        self, port: int = 0, env: Mapping[str, str] | None = None, args: list[str] | None = None
+        self,
+        port: int = 0,
+        env: Mapping[str, str] | None = None,
+        args: list[str] | None = None,
+        open_files: int | None = None,
     ) -> None:
+        self.open_files = open_files
         self.port = port
         self.env = dict(env or {})
         self.args = list(args or [])
@@ -84,8 +91,20 @@ class BrokerProcess:
             str(self.port),
             *self.args,
         ]
+        limit = self.open_files
+
+        def set_limit() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=set_limit if limit is not None else None,
         )
         deadline = time.monotonic() + timeout
         assert self.proc.stderr is not None

@@ -167,7 +167,7 @@ def test_overlong_event_data_is_refused() -> None:
 
 def test_parser_matches_broker_encoder() -> None:
     """Whatever the broker's own encoder writes, this parser reads back (CR/LF in data → LF)."""
-    from broker.sse import encode_frame
+    from broker.wire.sse import encode_frame
 
     for data, expected in [
         ("plain", "plain"),

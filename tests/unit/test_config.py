@@ -1,7 +1,7 @@
 import pytest
 
 from broker.config import Settings, load_settings
-from broker.errors import ConfigError
+from broker.core.errors import ConfigError
 
 REDIS = "[cluster]\nenabled = true\nengine = 'redis'\n"
 

@@ -1,5 +1,5 @@
-from broker.events import Event
-from broker.history import TopicHistory, merge
+from broker.hub.events import Event
+from broker.hub.history import TopicHistory, merge
 
 
 def event(origin, seq, index=None):

@@ -10,8 +10,8 @@ import itertools
 
 import pytest
 
-from broker import positions
 from broker.cluster.membership import Membership
+from broker.core import positions
 
 NODES = 5
 RESTARTS = 100

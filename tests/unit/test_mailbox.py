@@ -1,4 +1,4 @@
-from broker.mailbox import Mailbox
+from broker.hub.mailbox import Mailbox
 
 
 def test_drops_oldest_by_count_and_reports_once():
@@ -34,3 +34,30 @@ def test_take_batches_by_bytes_and_always_takes_one():
     assert last_id == "1"
     frames, _, _ = box.take(1)
     assert len(frames) == 1
+
+
+def test_reservations_share_the_budget_and_push_events_out():
+    """Replies reserve room: queued events make way, oldest first (issue 17)."""
+    box = Mailbox(max_events=4, max_bytes=100)
+    for n in range(4):
+        box.put_nowait(b"e" * 20, str(n))
+    assert box.reserve(50)  # 80 + 50 > 100: the two oldest events go
+    frames, last_id, dropped = box.take(1000)
+    assert (len(frames), last_id, dropped) == (2, "3", 2)
+    assert box.reserve(50)
+    assert not box.reserve(1)  # the reservations alone fill the budget: refused
+    assert (box.reserved_bytes, box.reserved_frames) == (100, 2)
+    box.put_nowait(b"e" * 20, "4")  # one event is always held, even over the bound
+    assert box.statistics().depth == 1
+    box.release(100, 2)
+    assert box.reserve(60)
+
+
+def test_reservations_count_against_the_frame_bound():
+    box = Mailbox(max_events=3, max_bytes=10_000)
+    assert box.reserve(1)
+    assert box.reserve(1)
+    assert box.reserve(1)
+    assert not box.reserve(1)
+    box.clear()
+    assert box.reserve(1)

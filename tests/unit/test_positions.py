@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from broker import positions
-from broker.errors import BadEventId
+from broker.core import positions
+from broker.core.errors import BadEventId
 
 
 def test_round_trip_and_sorted_pairs():

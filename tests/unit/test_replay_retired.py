@@ -2,10 +2,10 @@
 
 from dataclasses import dataclass, field
 
-from broker import positions
-from broker.events import Event
-from broker.history import TopicHistory
-from broker.replay import plan_start
+from broker.core import positions
+from broker.hub.events import Event
+from broker.hub.history import TopicHistory
+from broker.hub.replay import plan_start
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The data plane's HTTP/1.1 parser, held to h11 as an oracle.
 
 Every head ours accepts, h11 must accept with the same method, target and fields; ours
-refuses more than h11 only in the documented cases (broker/request.py). The one leniency,
+refuses more than h11 only in the documented cases (broker/edge/http1.py). The one leniency,
 blank lines before a request line (RFC 9112 §2.2), is normalised away before asking h11.
 """
 
@@ -11,7 +11,7 @@ import h11
 import pytest
 import trio
 
-from broker.errors import (
+from broker.core.errors import (
     BadRequest,
     ClientError,
     HeadersTooLarge,
@@ -19,7 +19,7 @@ from broker.errors import (
     PayloadTooLarge,
     VersionNotSupported,
 )
-from broker.request import ConnectionDone, HttpConnection, NotHttp1, parse_head
+from broker.edge.http1 import ConnectionDone, HttpConnection, NotHttp1, parse_head
 
 MAX_HEAD = 16 * 1024
 

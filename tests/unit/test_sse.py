@@ -1,6 +1,6 @@
 import pytest
 
-from broker import sse
+from broker.wire import sse
 
 CASES = [
     ("plain", "data: plain\n"),

@@ -1,7 +1,7 @@
 import pytest
 
-from broker.errors import BadEventType, BadTopic
-from broker.topics import check_event_type, check_topic
+from broker.core.errors import BadEventType, BadTopic
+from broker.core.topics import check_event_type, check_topic
 
 
 @pytest.mark.parametrize("topic", ["a", "jobs/42", "alerts.critical", "a:b~c-d_e", "x" * 200])

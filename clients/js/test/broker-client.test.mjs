@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 
-import { BrokerError, publish, subscribe } from '../broker-client.js';
+import { BrokerError, publish, subscribe } from '../../../broker/control/static/broker-client.js';
 
 // -- fakes -----------------------------------------------------------------------------------
 
@@ -467,20 +467,81 @@ describe('falling back to WebSocket', () => {
     sub.close();
   });
 
-  test('a WebSocket probe that opens is kept', () => {
-    const { sub } = record(['a']);
+  /** Three SSE errors, then the WebSocket probe opens (a broker that came back). */
+  function fallBackOnErrors(options = {}) {
+    const rec = record(['a'], options);
     for (const delay of [1000, 2000]) {
       lastEs().fail();
       clock.advance(delay);
     }
     lastEs().fail();
     clock.advance(5000);
-    lastWs().start();
-    assert.equal(sub.transport, 'ws');
+    lastWs().start('w1');
+    assert.equal(rec.sub.transport, 'ws');
+    assert.equal(rec.sub.status, 'open');
+    return rec;
+  }
+
+  test('after an error fallback, the next reconnect tries SSE and stays there if it opens', () => {
+    const { sub, seen } = fallBackOnErrors();
+    lastWs().frame({ id: 'w2', topic: 'a', event: null, data: 'on ws' });
     lastWs().drop();
     clock.advance(1000);
+    assert.equal(FakeWebSocket.instances.length, 1);
+    assert.equal(FakeEventSource.instances.length, 4);
+    assert.equal(lastEs().url.searchParams.get('last_event_id'), 'w2');
+    lastEs().start('w2');
+    lastEs().event('w2', 'a', 'on ws'); // a replay overlap is not delivered twice
+    lastEs().event('s3', 'a', 'on sse');
+    assert.equal(sub.transport, 'sse');
+    assert.deepEqual(seen.statuses.at(-1), ['open', 'sse', undefined]);
+    assert.deepEqual(seen.events.map((e) => [e.id, e.transport]), [['w2', 'ws'], ['s3', 'sse']]);
+    sub.close();
+  });
+
+  test('after sseRetryMs on an error fallback it moves back to SSE at a quiet moment', () => {
+    const { sub, seen } = fallBackOnErrors({ sseRetryMs: 20000 });
+    clock.advance(19999);
+    lastWs().frame({ id: 'w2', topic: 'a', event: null, data: 'busy' });
+    clock.advance(1); // due, but an event just came: wait for a quiet second
+    assert.equal(lastWs().readyState, 1);
+    clock.advance(1000);
+    assert.equal(lastWs().closedWith, 1000);
+    assert.deepEqual(seen.statuses.at(-1), ['reconnecting', 'ws', 0]);
+    assert.equal(lastEs().url.searchParams.get('last_event_id'), 'w2');
+    lastEs().start('w2');
+    assert.equal(sub.transport, 'sse');
+    assert.equal(FakeWebSocket.instances.length, 1);
+    sub.close();
+  });
+
+  test('an SSE trial that fails goes straight back to WebSocket; the next waits twice as long', () => {
+    const { sub, seen } = fallBackOnErrors({ sseRetryMs: 10000 });
+    clock.advance(10000);
+    lastEs().fail(); // SSE still broken (not the broker: WebSocket works)
+    assert.deepEqual(seen.statuses.at(-1).slice(0, 3), ['fallback', 'ws', 0]);
+    clock.advance(0);
     assert.equal(FakeWebSocket.instances.length, 2);
-    assert.equal(FakeEventSource.instances.length, 3);
+    lastWs().start('w1');
+    assert.equal(sub.transport, 'ws');
+    const trials = FakeEventSource.instances.length;
+    clock.advance(19999);
+    assert.equal(FakeEventSource.instances.length, trials);
+    clock.advance(1);
+    assert.equal(FakeEventSource.instances.length, trials + 1);
+    sub.close();
+  });
+
+  test('a fallback for a buffering proxy stays on WebSocket across reconnects', () => {
+    const { sub } = record(['a'], { openTimeoutMs: 4000, sseRetryMs: 1000 });
+    clock.advance(4000);
+    lastWs().start();
+    clock.advance(60000);
+    lastWs().drop();
+    clock.advance(1000);
+    assert.equal(FakeEventSource.instances.length, 1);
+    assert.equal(FakeWebSocket.instances.length, 2);
+    assert.equal(sub.transport, 'ws');
     sub.close();
   });
 });

@@ -27,6 +27,17 @@ from ._subscription import Subscription
 __all__ = ["main", "pub_main", "script", "sub_main"]
 
 URL_ENV: Final = "BROKER_URL"
+TOKEN_ENV: Final = "BROKER_TOKEN"
+
+
+def _token_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"a JWT for a broker with auth on (default: ${TOKEN_ENV}); `broker token` mints one",
+    )
+
+
 EXIT_OK: Final = 0
 EXIT_BROKER: Final = 1
 EXIT_USAGE: Final = 2
@@ -69,6 +80,7 @@ def pub_main(argv: list[str]) -> int:
         help=f"broker URL; repeat for failover (default: ${URL_ENV} or {DEFAULT_URL})",
     )
     parser.add_argument("--timeout", type=float, default=TIMEOUT_SECONDS, help="seconds")
+    _token_option(parser)
     parser.add_argument("--retain", action="store_true", help="keep as the topic's state")
     parser.add_argument("--final", action="store_true", help="close the topic after it")
     kind = parser.add_mutually_exclusive_group()
@@ -101,6 +113,7 @@ def pub_main(argv: list[str]) -> int:
             retain=args.retain,
             final=args.final,
             timeout=args.timeout,
+            token=args.token,
         )
     except (BrokerError, ValueError, TypeError) as exc:
         return _fail("broker pub", exc, sys.stderr)
@@ -158,6 +171,7 @@ def sub_main(argv: list[str]) -> int:
     parser.add_argument("--transport", choices=("auto", "sse", "ws"), default="auto")
     parser.add_argument("--timeout", type=float, default=TIMEOUT_SECONDS, help="seconds to connect")
     parser.add_argument("-n", "--count", type=int, help="exit after this many events")
+    _token_option(parser)
     args = parser.parse_args(argv)
     try:
         return trio.run(_subscribe, args, sys.stdout, sys.stderr)
@@ -169,7 +183,7 @@ def sub_main(argv: list[str]) -> int:
 
 async def _subscribe(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     urls = args.url or _default_urls()
-    async with BrokerClient(urls, timeout=args.timeout) as client:
+    async with BrokerClient(urls, timeout=args.timeout, token=args.token) as client:
         subscription = client.subscribe(
             args.topics,
             transport=args.transport,

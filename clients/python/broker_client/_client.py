@@ -83,6 +83,8 @@ class BrokerClient:
             default 2.5 x the heartbeat period the broker announces (15 s until it does).
         backoff: base delays between consecutive reconnect attempts; later ones double the last.
         max_backoff: cap on one reconnect delay (seconds).
+        token: a JWT the broker accepts (``broker token`` mints one), sent as
+            ``Authorization: Bearer`` with every publish and subscription (SSE and WebSocket).
 
     Raises:
         ValueError: a URL is not an absolute http(s) URL.
@@ -96,15 +98,19 @@ class BrokerClient:
         heartbeat_timeout: float | None = None,
         backoff: Sequence[float] = BACKOFF_SECONDS,
         max_backoff: float = MAX_BACKOFF_SECONDS,
+        token: str | None = None,
     ) -> None:
         self._urls = normalize_urls(urls)
+        self._headers = {"User-Agent": USER_AGENT}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = timeout
         self._heartbeat_timeout = heartbeat_timeout
         self._backoff = tuple(backoff)
         self._max_backoff = max_backoff
         self._preferred = 0
         self._rng = random.Random()
-        self._http = httpx.AsyncClient(timeout=timeout, headers={"User-Agent": USER_AGENT})
+        self._http = httpx.AsyncClient(timeout=timeout, headers=self._headers)
 
     def __str__(self) -> str:
         return f"BrokerClient({', '.join(self._urls)})"
@@ -235,6 +241,7 @@ class BrokerClient:
             backoff=self._backoff,
             max_backoff=self._max_backoff,
             rng=self._rng,
+            headers=self._headers,
         )
 
     async def _send(self, request: Request) -> dict[str, Any]:
@@ -271,6 +278,7 @@ def publish(
     final: bool = False,
     msgpack: bool = False,
     timeout: float = TIMEOUT_SECONDS,
+    token: str | None = None,
 ) -> str:
     """Publish one event from synchronous code (no event loop needed; uses ``httpx.Client``).
 
@@ -283,6 +291,7 @@ def publish(
         final: close the topic after it.
         msgpack: send ``application/msgpack``.
         timeout: seconds for the request.
+        token: a JWT, sent as ``Authorization: Bearer``.
 
     Returns:
         The event's id.
@@ -297,7 +306,10 @@ def publish(
     )
     failures: list[str] = []
     last: httpx.TransportError | None = None
-    with httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT}) as http:
+    headers = {"User-Agent": USER_AGENT}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    with httpx.Client(timeout=timeout, headers=headers) as http:
         for url in nodes:
             try:
                 response = http.post(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -123,6 +123,7 @@ class Subscription:
         backoff: Sequence[float],
         max_backoff: float,
         rng: random.Random | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         if transport not in ("sse", "ws", "auto"):
             raise ValueError(f"transport must be 'sse', 'ws' or 'auto', not {transport!r}")
@@ -130,6 +131,7 @@ class Subscription:
             raise ValueError("subscribe needs at least one topic")
         self._urls = list(urls)
         self._topics = list(topics)
+        self._headers = dict(headers or {"User-Agent": USER_AGENT})
         self._timeout = timeout
         self._fixed_heartbeat_timeout = heartbeat_timeout
         self._broker_heartbeat = DEFAULT_HEARTBEAT_SECONDS
@@ -179,7 +181,7 @@ class Subscription:
         if self._entered:
             raise RuntimeError("a Subscription can be entered only once")
         self._entered = True
-        self._http = httpx.AsyncClient(headers={"User-Agent": USER_AGENT})
+        self._http = httpx.AsyncClient(headers=self._headers)
         self._nursery_manager = trio.open_nursery()
         nursery = self._nursery = await self._nursery_manager.__aenter__()
         try:
@@ -327,6 +329,7 @@ class Subscription:
             timeout=timeout,
             sink=self,
             start_options=self._start_options,
+            headers=self._headers,
         )
 
     def _open_failure(self, last_error: BrokerError | None) -> BrokerError:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Final, Protocol, cast
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -217,6 +217,7 @@ async def stream_ws(
     timeout: float,
     sink: Sink,
     start_options: Sequence[tuple[str, str]] = (),
+    headers: Mapping[str, str] | None = None,
 ) -> StreamEnd:
     """Run one WebSocket attempt: ``GET {url}/ws?topic=...[&last_event_id=...]`` (JSON frames).
 
@@ -227,10 +228,16 @@ async def stream_ws(
         timeout: seconds allowed for connect, handshake and ``broker.start`` together.
         sink: receives every decoded message (and says how long silence may last).
         start_options: ``last``/``since`` query parameters (sent only without an id).
+        headers: sent with the handshake (``Authorization``); ``User-Agent`` is not.
 
     Returns:
         How the attempt ended.
     """
+    extra = [
+        (name.encode(), value.encode())
+        for name, value in (headers or {}).items()
+        if name.lower() != "user-agent"  # trio-websocket sends its own
+    ]
     open_deadline = trio.current_time() + timeout
     end: StreamEnd | None = None
     try:
@@ -240,6 +247,7 @@ async def stream_ws(
                 connect_timeout=timeout,
                 disconnect_timeout=CLOSE_TIMEOUT_SECONDS,
                 max_message_size=MAX_WS_MESSAGE_BYTES,
+                extra_headers=extra,
             ) as ws:
                 end = await _read_ws(ws, url, open_deadline, sink)
                 if end.kind in (EndKind.STALLED, EndKind.NO_START):

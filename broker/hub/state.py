@@ -1,0 +1,124 @@
+"""What every part of the hub shares: its options, state and counters, and its topics.
+
+:class:`HubBase` holds the hub's state; each concept adds its methods in a module of its
+own (``publishing.py``, ``replicated.py``, ``subscriptions.py``, ``retention.py``) and
+``hub.py`` joins them into :class:`~broker.hub.Hub`, with its lifetime. The methods one
+concept calls on another are declared here, with the module that has them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Final
+
+import trio
+
+from ..core import positions
+from ..core.items import PublishItem
+from .engine import Acknowledger, Engine, Store, StoreEngine
+from .events import Event
+from .history import TopicHistory
+from .memory import MemoryEngine
+from .subscriber import LatencyHistogram, Subscriber
+
+#: Base reconnection delay announced to clients (SSE ``retry:``).
+DEFAULT_RETRY_MS: Final = 3000
+
+
+class _Topic:
+    __slots__ = ("final", "history", "name", "retained", "subscribers", "tick")
+
+    def __init__(self, name: str, history_size: int) -> None:
+        self.name = name
+        #: Events published since the flusher last ran, up to publishing._HOLD_AT, from which
+        #: on its subscribers' writes are held until the flusher runs.
+        self.tick = 0
+        self.history = TopicHistory(history_size)
+        self.subscribers: dict[Subscriber, None] = {}
+        self.retained: dict[str | None, Event] = {}
+        self.final: Event | None = None
+
+    def idle(self) -> bool:
+        return not (self.subscribers or self.history.events or self.retained or self.final)
+
+
+class HubBase:
+    """The hub's state. How its parts fit: ``hub.py``; its arguments: :class:`~broker.hub.Hub`."""
+
+    # Provided by the concept modules and used across them:
+    _deliver: Callable[[Event], None]  # publishing.py: history, logs, fan-out of an event
+    _end_topic: Callable[..., None]  # retention.py: a final event ends its topic's streams
+    remove_topics: Callable[[Subscriber, Iterable[str]], None]  # subscriptions.py
+    behind: Callable[[str | None], bool]  # replicated.py: the client saw more than we have
+    wait_caught_up: Callable[[str, float], Awaitable[bool]]  # replicated.py
+    _shutdown_notice: Callable[[Subscriber], bytes]  # hub.py: broker.shutdown + goodbye
+    publish_nowait: Callable[..., Event]  # publishing.py: the memory engine's append
+    publish_batch_nowait: Callable[[Iterable[PublishItem]], list[Event]]  # publishing.py
+
+    def __init__(
+        self,
+        *,
+        history_size: int = 1000,
+        retry_ms: int = DEFAULT_RETRY_MS,
+        origin: str | None = None,
+        heartbeat_seconds: float = 15.0,
+        log_size: int = 0,
+    ) -> None:
+        self.history_size = history_size
+        self.heartbeat_seconds = heartbeat_seconds
+        self.retry_ms = retry_ms
+        self.origin = origin or positions.new_origin()
+        self._seq = 0
+        self._index = 0
+        self._vector: dict[str, int] = {self.origin: 0}
+        self._topics: dict[str, _Topic] = {}
+        self._subscribers: dict[Subscriber, None] = {}
+        self._closed = False
+        self.published = 0
+        #: Per topic class (the first segment of the topic): events, and subscribers they
+        #: were handed to. Bounded: past 1000 classes, new ones count as "other".
+        self.published_by_class: dict[str, int] = {}
+        self.fanout_by_class: dict[str, int] = {}
+        self.latency = LatencyHistogram()
+        self.replicated_in = 0
+        self.lost = 0
+        #: Called with every event published on this node (the cluster replicates them).
+        self.listeners: list[Callable[[Event], None]] = []
+        self.log_size = log_size
+        self._logs: dict[str, deque[Event]] = {}
+        #: Per origin, events up to this seq may be missing here (joined late, gave up).
+        self.floor: dict[str, int] = {}
+        #: Origins that left the vector, with their last seq (replicated.py, bounded).
+        self.retired: dict[str, int] = {}
+        #: Origins about to retire: an id that does not name one has seen all of it.
+        self.retiring: set[str] = set()
+        self._progress = trio.Event()
+        self._delivered_by_gone = 0
+        self._dropped_by_gone = 0
+        self.evicted = 0
+        self._store: Store | None = None
+        #: Where events are ordered and kept (``engine.py``); the memory engine by default.
+        self.engine: Engine = MemoryEngine(self)
+        #: Publishing is synchronous (``publish_nowait``): the engine keeps no external store.
+        self.synchronous = True
+        #: The mesh cluster's replicated acknowledgement, or ``None`` (single node, Redis).
+        self.acknowledger: Acknowledger | None = None
+        #: Coalescing (hub.py's flusher task): topics published since it last ran, and the
+        #: subscribers whose direct writes wait for it.
+        self._coalescing = False
+        self._flusher = trio.lowlevel.ParkingLot()
+        self._touched: list[_Topic] = []
+        self._held: list[Subscriber] = []
+
+    @property
+    def store(self) -> Store | None:
+        """The external store that orders and keeps events (the Redis engine), if any."""
+        return self._store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        """Make ``store`` the hub's engine (the engine does this as it starts)."""
+        self._store = store
+        self.engine = StoreEngine(store, self._topics)
+        self.synchronous = self.engine.synchronous

@@ -1,1 +1,0 @@
-../../broker/static/broker-client.js
