@@ -413,6 +413,7 @@ async def test_publishes_work_within_1_s_of_redis_answering_again(persistent_red
             waited = trio.current_time() - back
             print(f"\npublishes accepted {waited:.2f} s after Redis answered again")
             assert waited < 1.0
+            nursery.cancel_scope.cancel()
 
 
 async def test_clearing_and_forgetting_need_a_token_on_the_redis_engine(redis_server, key_prefix):
