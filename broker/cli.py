@@ -1,4 +1,4 @@
-"""``broker run|cluster|token|pub|sub``: argument parsing and exit codes; no broker logic here."""
+"""``broker run|cluster|token|top|pub|sub``: argument parsing and exit codes; no broker logic."""
 
 from __future__ import annotations
 
@@ -295,7 +295,7 @@ def _store_name(settings: Settings) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``broker`` command."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = "run, cluster, token, pub, sub"
+    commands = "run, cluster, token, top, pub, sub"
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: broker {{{commands}}} ...  (broker COMMAND --help for details)")
         return 0 if argv else 2
@@ -306,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         return cluster_main(rest)
     if command == "token":
         return token_main(rest)
+    if command == "top":
+        from .top import top_main  # a client of the admin API: no server imports
+
+        return top_main(rest)
     if command in ("pub", "sub"):
         try:
             from broker_client import _cli  # the client library ships the CLI

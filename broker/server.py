@@ -20,7 +20,7 @@ import resource
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ import trio
 
 from .cluster import Cluster, ClusterOptions, open_cluster
 from .config import Settings
+from .control.admin import install_admin
 from .control.app import create_app
 from .control.handoff import ControlPlane, server_ssl_context
 from .control.metrics import make_registry
@@ -134,8 +135,12 @@ async def serve(
         )
         catchup = settings.cluster.catchup_seconds if clustered else 0.0
         streams = Streams(hub, policy, limits, catchup_seconds=catchup)
-        # Quart types asgi_app as its own method; HotRoutes is an ASGI callable in its place.
-        app.asgi_app = HotRoutes(app.asgi_app, streams)  # type: ignore[method-assign,assignment]
+        # Quart types asgi_app as its own method; the admin routes, then HotRoutes, are ASGI
+        # callables in its place.
+        hot = HotRoutes(app.asgi_app, streams)
+        app.asgi_app = install_admin(  # type: ignore[method-assign,assignment]
+            app, hot, lambda: running, policy
+        )
         tls = settings.tls
         control = ControlPlane(
             app,
@@ -245,7 +250,7 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
     stats: dict[str, Any] = {
         "connections": server.dataplane.statistics().connections,
         "streams": server.streams.statistics().open,
-        "handed_off_connections": server.control.connections,
+        "handed_off_connections": server.control.statistics().connections,
         "request_timeouts": server.dataplane.statistics().request_timeouts,
         "accept_failures": accept.failures,
         "connections_closed_for_room": server.dataplane.statistics().closed_for_room,
@@ -253,7 +258,7 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
     if server.cluster is not None:
         stats["cluster"] = server.cluster.statistics()
     if server.store is not None:
-        stats["cluster"] = server.store.statistics()
+        stats["cluster"] = asdict(server.store.statistics())
     return stats
 
 

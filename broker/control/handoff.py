@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -60,6 +61,13 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         await self.transport_stream.aclose()
 
 
+@dataclass(frozen=True, slots=True)
+class ControlPlaneStatistics:
+    """Connections hypercorn serves now (handed over by the data plane)."""
+
+    connections: int
+
+
 class ControlPlane:
     """Runs the ASGI app's lifespan and serves handed-over connections with hypercorn.
 
@@ -92,6 +100,9 @@ class ControlPlane:
         self.context = WorkerContext(None)
         self.state: dict[str, Any] = {}
         self.connections = 0
+
+    def statistics(self) -> ControlPlaneStatistics:
+        return ControlPlaneStatistics(connections=self.connections)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the app's lifespan: startup, report ready, and shutdown when cancelled."""

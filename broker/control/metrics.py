@@ -8,8 +8,9 @@ scrapes, so instrumentation costs nothing per delivery.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,9 +20,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..hub.subscriber import LatencyHistogram
+from ..hub.latency import LatencyHistogram
+
+if TYPE_CHECKING:  # importing the engine imports coredis: only when Redis is configured
+    from ..engines.redis.engine import RedisStatistics
 
 DEPTH_BOUNDS = (0, 1, 4, 16, 64, 256, 1024, 4096)
+LAG_BOUNDS = (0.0, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0)
 
 
 class BrokerCollector(Collector):
@@ -42,7 +47,7 @@ class BrokerCollector(Collector):
         connections.add_metric(["sse"], streams.sse)
         connections.add_metric(["ws"], streams.ws)
         connections.add_metric(["http"], plane.connections - plane.streams)
-        connections.add_metric(["hypercorn"], server.control.connections)
+        connections.add_metric(["hypercorn"], server.control.statistics().connections)
         yield connections
         yield GaugeMetricFamily("broker_subscribers", "Open subscriber streams", stats.subscribers)
         yield GaugeMetricFamily(
@@ -78,9 +83,25 @@ class BrokerCollector(Collector):
             "broker_subscribers_evicted", "Subscribers disconnected for not reading", stats.evicted
         )
 
-        depths = [len(s.mailbox) for s in hub._subscribers]
+        now = trio.current_time()
+        depths = []
+        lags = []
+        for subscriber in hub._subscribers:
+            depths.append(len(subscriber.mailbox))
+            lags.append(subscriber.lag(now))
         yield _histogram(
             "broker_queue_depth", "Frames waiting per subscriber (now)", DEPTH_BOUNDS, depths
+        )
+        yield _histogram(
+            "broker_subscriber_lag_seconds",
+            "Age of each subscriber's oldest undelivered event (now; 0 when nothing waits)",
+            LAG_BOUNDS,
+            lags,
+        )
+        yield GaugeMetricFamily(
+            "broker_subscriber_lag_max_seconds",
+            "Age of the oldest undelivered event of any subscriber (now)",
+            max(lags, default=0.0),
         )
         yield _latency(hub.latency, stats.delivered)
 
@@ -119,12 +140,21 @@ class BrokerCollector(Collector):
                 "Events this node has that the peer has not confirmed",
                 labels=["peer"],
             )
+            delay = GaugeMetricFamily(
+                "broker_peer_replication_delay_seconds",
+                "Publish at the peer to delivery here, of the last event replicated from it",
+                labels=["peer"],
+            )
             for peer in info["peers"]:
                 up.add_metric([peer["node"]], 1 if peer["state"] == "up" else 0)
                 if "lag_events" in peer:
                     lag.add_metric([peer["node"]], peer["lag_events"])
+                seconds = hub.replication_delay.get(peer.get("origin", ""))
+                if seconds is not None:
+                    delay.add_metric([peer["node"]], max(0.0, seconds))
             yield up
             yield lag
+            yield delay
             yield CounterMetricFamily(
                 "broker_replicated_in", "Events received from peers", info["replicated_in"]
             )
@@ -135,10 +165,10 @@ class BrokerCollector(Collector):
 
         store = server.store
         if store is not None:
-            yield from _store_metrics(store.statistics())
+            yield from _store_metrics(store.statistics(), store.commit_latency)
 
 
-#: The event store's counters (``RedisEngine.statistics``): name, help, statistics key.
+#: The event store's counters (``RedisStatistics``): name, help, field.
 STORE_COUNTERS = (
     ("broker_store_events_published", "Events the store acknowledged", "published"),
     ("broker_store_appends", "Publish round trips the store answered", "appends"),
@@ -161,22 +191,30 @@ STORE_COUNTERS = (
 )
 
 
-def _store_metrics(info: dict[str, Any]) -> Iterator[Metric]:
+def _store_metrics(info: RedisStatistics, commits: LatencyHistogram) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         "broker_store_up", "1 while the event store is reachable", labels=["engine", "kind"]
     )
-    up.add_metric([info["engine"], info["kind"]], 1 if info["state"] == "up" else 0)
+    up.add_metric([info.engine, info.kind], 1 if info.state == "up" else 0)
     yield up
     yield GaugeMetricFamily(
         "broker_store_topics_followed",
         "Topics this node follows in the store",
-        info["tracked_topics"],
+        info.tracked_topics,
     )
     for name, documentation, key in STORE_COUNTERS:
-        yield CounterMetricFamily(name, documentation, info[key])
+        yield CounterMetricFamily(name, documentation, getattr(info, key))
+    yield _waits(
+        "broker_store_commit_seconds",
+        "Publish round trips to the store, from send to its answer",
+        commits,
+        0,
+    )
 
 
-def _histogram(name: str, doc: str, bounds: tuple[float, ...], values: list[int]) -> Metric:
+def _histogram(
+    name: str, doc: str, bounds: tuple[float, ...], values: list[int] | list[float]
+) -> Metric:
     buckets = []
     for bound in bounds:
         buckets.append((str(bound), sum(1 for v in values if v <= bound)))
@@ -187,18 +225,22 @@ def _histogram(name: str, doc: str, bounds: tuple[float, ...], values: list[int]
 def _latency(histogram: LatencyHistogram, delivered: int) -> Metric:
     # Write-through deliveries never waited: they belong in the first bucket.
     immediate = max(0, delivered - histogram.observed)
+    return _waits(
+        "broker_delivery_wait_seconds",
+        "Publish to socket write on this node (queued deliveries waited; others did not)",
+        histogram,
+        immediate,
+    )
+
+
+def _waits(name: str, doc: str, histogram: LatencyHistogram, immediate: int) -> Metric:
     buckets = []
     running = immediate
     for bound, count in zip(histogram.BOUNDS, histogram.counts, strict=False):
         running += count
         buckets.append((str(bound), running))
     buckets.append(("+Inf", running + histogram.counts[-1]))
-    return HistogramMetricFamily(
-        "broker_delivery_wait_seconds",
-        "Publish to socket write on this node (queued deliveries waited; others did not)",
-        buckets=buckets,
-        sum_value=histogram.total,
-    )
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=histogram.total)
 
 
 def make_registry(server: Callable[[], Any]) -> CollectorRegistry:

@@ -105,7 +105,15 @@ class HotRoutes:
         peer = (scope.get("client") or ("?",))[0]
         if route.kind == "sse":
             transport = AsgiSseTransport(scope, receive, send, route, cors)
-            await open_stream(self.streams, transport, route, headers, peer=str(peer))
+            await open_stream(
+                self.streams,
+                transport,
+                route,
+                headers,
+                peer=str(peer),
+                remote=_client_address(scope),
+                label="h2" if scope.get("http_version") == "2" else None,
+            )
         else:
             await self._publish(receive, send, route, headers, cors, peer)
 
@@ -283,6 +291,14 @@ async def _answer_error(
     send: Any, error: ClientError, cors: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     await _answer(send, error.status, error.body(), _raw(error_headers(error)) + (cors or []))
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    if not client:
+        return "?"
+    host, port = client[0], client[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -11,6 +11,7 @@ Rules, checked once per request at the edge:
   matches ``anonymous_subscribe``;
 - clearing or forgetting a topic (``DELETE``) needs a token whose ``publish`` patterns cover
   it, or ``"admin": true``;
+- the admin API and page (``control/admin.py``) need a token with ``"admin": true``;
 - a token must carry ``exp`` unless ``require_exp`` is off; a stream it opened ends when it
   expires (the edge reads :attr:`Identity.expires`).
 401 means "no usable token" (missing, malformed, expired, wrongly signed, no ``exp``); 403
@@ -96,6 +97,7 @@ class Identity:
     publish: tuple[str, ...] = ()
     subscribe: tuple[str, ...] = ()
     token: bool = False
+    #: The token's ``admin`` claim is ``true``: topic administration, the admin API and page.
     admin: bool = False
     expires: float | None = None
     cookie: bool = False

@@ -107,6 +107,7 @@ class _Phase(enum.Enum):
 
 
 
+
 class _After(enum.Enum):
     """What becomes of a connection after a request."""
 
@@ -375,7 +376,14 @@ class DataPlane:
             )
         self._streaming += 1
         try:
-            await open_stream(self.streams, transport, route, request.headers, peer=peer)
+            await open_stream(
+                self.streams,
+                transport,
+                route,
+                request.headers,
+                peer=peer,
+                remote=_peer_address(stream.socket),
+            )
         finally:
             self._streaming -= 1
         return False
@@ -698,6 +706,14 @@ async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
         await stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+
+
+def _peer_address(sock: trio.socket.SocketType) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _peer_ip(sock: trio.socket.SocketType) -> str:

@@ -176,8 +176,15 @@ async def open_stream(
     headers: Mapping[str, str],
     *,
     peer: str,
+    remote: str = "?",
+    label: str | None = None,
 ) -> Identity | None:
     """Serve one subscribe request as a stream on ``transport``, start to end.
+
+    Args:
+        peer: the client's address (logs, limits).
+        remote: ``host:port`` of the client, and ``label`` the transport's name when it is
+            not ``transport.kind`` (``h2``): the admin API shows both.
 
     Returns:
         the client's identity once admitted (``None`` if refused).
@@ -224,6 +231,9 @@ async def open_stream(
                 send_timeout=limits.send_timeout,
                 name=name,
                 latency=hub.latency,
+                transport=label or transport.kind,
+                remote=remote,
+                subject=identity.subject,
             )
             # What opens the stream, broker.start and the replay's first frames leave in
             # one write: a system call less per new stream.

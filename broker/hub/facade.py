@@ -32,6 +32,7 @@ The hub's parts, one module per concept (each docstring has the details):
 * **Replication** (``replication.py``): events from mesh peers, gaps, the replication log.
 * **Subscriptions** (``subscriptions.py``): ``prepare``, ``subscribe``, topics added/removed.
 * **Retention** (``retention.py``): retained and final events; clearing, forgetting.
+* **Stats feed** (``statsfeed.py``): once-a-second samples for the admin page.
 
 This module joins them into :class:`Hub` with its lifetime (heartbeats, shutdown,
 statistics) and :func:`open_hub`.
@@ -51,6 +52,7 @@ from .publishing import Publishing
 from .replication import Replicated
 from .retention import Retention
 from .state import DEFAULT_RETRY_MS, _Topic
+from .statsfeed import INTERVAL_SECONDS as STATS_INTERVAL_SECONDS
 from .subscriber import Subscriber
 from .subscriptions import Subscriptions
 
@@ -158,6 +160,7 @@ async def open_hub(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_heartbeat_task, hub, heartbeat_seconds)
         nursery.start_soon(_flusher_task, hub)
+        nursery.start_soon(_stats_task, hub)
         try:
             yield hub
         finally:
@@ -170,6 +173,13 @@ async def _heartbeat_task(hub: Hub, heartbeat_seconds: float) -> None:
     while True:
         await trio.sleep(heartbeat_seconds / 2)
         hub.heartbeat_nowait()
+
+
+async def _stats_task(hub: Hub) -> None:
+    """Sample the hub once a second for the admin page (``statsfeed.py``)."""
+    while True:
+        await trio.sleep(STATS_INTERVAL_SECONDS)
+        hub.stats_feed.tick(hub, trio.current_time())
 
 
 async def _flusher_task(hub: Hub) -> None:

@@ -53,6 +53,7 @@ class Mailbox:
     """
 
     __slots__ = (
+        "_dropped_since",
         "_frames",
         "_unreported",
         "bytes",
@@ -75,6 +76,8 @@ class Mailbox:
         self._unreported = 0
         self.reserved_bytes = 0
         self.reserved_frames = 0
+        #: When the oldest frame dropped since the last take was queued (for the lag).
+        self._dropped_since: float | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -102,9 +105,11 @@ class Mailbox:
             or self.bytes + self.reserved_bytes > self.max_bytes
         ):
             assert isinstance(frames, deque)
-            old, _, _ = frames.popleft()
+            old, _, old_at = frames.popleft()
             self.bytes -= len(old)
             self.dropped += 1
+            if not self._unreported:
+                self._dropped_since = old_at
             self._unreported += 1
 
     def reserve(self, size: int) -> bool:
@@ -132,6 +137,14 @@ class Mailbox:
         """When the oldest queued frame was queued (``None`` if empty)."""
         return self._frames[0][2] if self._frames else None
 
+    def waiting_since(self) -> float | None:
+        """When the oldest event the client has neither received nor been told it lost was
+        queued: the oldest dropped since the last take, else the oldest queued (``None``:
+        nothing waits). A client that stopped reading keeps this time while drops go on."""
+        if self._dropped_since is not None:
+            return self._dropped_since
+        return self._frames[0][2] if self._frames else None
+
     def take(self, max_bytes: int) -> tuple[list[bytes], str | None, int]:
         """Remove the oldest frames, up to about ``max_bytes`` (at least one).
 
@@ -141,6 +154,7 @@ class Mailbox:
         """
         frames = self._frames
         taken: list[bytes] = []
+        self._dropped_since = None
         if not frames:
             dropped, self._unreported = self._unreported, 0
             return taken, None, dropped
@@ -163,6 +177,7 @@ class Mailbox:
         self.bytes = 0
         self.reserved_bytes = 0
         self.reserved_frames = 0
+        self._dropped_since = None
 
     def statistics(self) -> MailboxStatistics:
         return MailboxStatistics(len(self._frames), self.bytes, self.peak, self.dropped)

@@ -137,6 +137,7 @@ class Publishing(HubBase):
             if not (event.retain or event.final):
                 return
             state = self._topics[event.topic] = _Topic(event.topic, 0)
+        state.note_publish(event.published_at)
         if event.retain:
             state.retained[event.event_type] = event
         subscribers = state.subscribers
@@ -197,6 +198,13 @@ class Publishing(HubBase):
         if state is None:
             state = self._topics[event.topic] = _Topic(event.topic, self.history_size)
         state.history.append(event)
+        # Inline note_publish (the hot path): the admin API's per-topic count and rate.
+        at = event.published_at
+        state.published += 1
+        state.last_published = at
+        if at >= state.bucket_end:
+            state._roll(at)
+        state.bucket += 1
         if self.log_size:
             log = self._logs.get(event.origin)
             if log is None:

@@ -10,6 +10,7 @@ has caught up with what it saw (:meth:`~Replicated.wait_caught_up`).
 from __future__ import annotations
 
 import logging
+import time
 from itertools import islice
 from typing import Final
 
@@ -63,6 +64,7 @@ class Replicated(HubBase):
         self._index += 1
         self._vector[origin] = seq
         self.replicated_in += 1
+        self.replication_delay[origin] = time.time() - published_at
         self._progress.set()
         state = self._topics.get(topic)
         if state is not None and state.final is not None:

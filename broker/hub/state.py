@@ -19,18 +19,43 @@ from ..core.items import PublishItem
 from .engine import Acknowledger, Engine, Store, StoreEngine
 from .events import Event
 from .history import TopicHistory
+from .latency import LatencyHistogram
 from .memory import MemoryEngine
-from .subscriber import LatencyHistogram, Subscriber
+from .statsfeed import StatsFeed
+from .subscriber import Subscriber
 
 #: Base reconnection delay announced to clients (SSE ``retry:``).
 DEFAULT_RETRY_MS: Final = 3000
 
 
+#: The width of a publish-rate bucket: a topic's rate is over the last minute.
+RATE_BUCKET_SECONDS: Final = 60.0
+
+
 class _Topic:
-    __slots__ = ("final", "history", "name", "retained", "subscribers", "tick")
+    __slots__ = (
+        "bucket",
+        "bucket_end",
+        "final",
+        "history",
+        "last_published",
+        "name",
+        "prev_bucket",
+        "published",
+        "retained",
+        "subscribers",
+        "tick",
+    )
 
     def __init__(self, name: str, history_size: int) -> None:
         self.name = name
+        #: Publish bookkeeping for the admin API (``note_publish``): a total, the wall time
+        #: of the last publish, and two one-minute buckets for the rate.
+        self.published = 0
+        self.last_published = 0.0
+        self.bucket = 0
+        self.prev_bucket = 0
+        self.bucket_end = 0.0
         #: Events published since the flusher last ran, up to publishing._HOLD_AT, from which
         #: on its subscribers' writes are held until the flusher runs.
         self.tick = 0
@@ -38,6 +63,30 @@ class _Topic:
         self.subscribers: dict[Subscriber, None] = {}
         self.retained: dict[str | None, Event] = {}
         self.final: Event | None = None
+
+    def note_publish(self, at: float) -> None:
+        """Count a publish at wall time ``at`` (O(1): a compare and three stores)."""
+        self.published += 1
+        self.last_published = at
+        if at >= self.bucket_end:
+            self._roll(at)
+        self.bucket += 1
+
+    def _roll(self, at: float) -> None:
+        # The current bucket becomes the previous one if it is the minute just before.
+        self.prev_bucket = self.bucket if at < self.bucket_end + RATE_BUCKET_SECONDS else 0
+        self.bucket = 0
+        self.bucket_end = (at // RATE_BUCKET_SECONDS + 1) * RATE_BUCKET_SECONDS
+
+    def rate(self, now: float) -> float:
+        """Publishes per second over the last minute (the previous bucket weighted in)."""
+        width = RATE_BUCKET_SECONDS
+        if now >= self.bucket_end + width:
+            return 0.0
+        if now >= self.bucket_end:  # the current bucket is the previous minute now
+            return self.bucket * (1.0 - (now - self.bucket_end) / width) / width
+        elapsed = (now - (self.bucket_end - width)) / width
+        return (self.prev_bucket * (1.0 - elapsed) + self.bucket) / width
 
     def idle(self) -> bool:
         return not (self.subscribers or self.history.events or self.retained or self.final)
@@ -82,6 +131,8 @@ class HubBase:
         self.fanout_by_class: dict[str, int] = {}
         self.latency = LatencyHistogram()
         self.replicated_in = 0
+        #: Per origin: seconds between its last event's publish there and its arrival here.
+        self.replication_delay: dict[str, float] = {}
         self.lost = 0
         #: Called with every event published on this node (the cluster replicates them).
         self.listeners: list[Callable[[Event], None]] = []
@@ -97,6 +148,8 @@ class HubBase:
         self._delivered_by_gone = 0
         self._dropped_by_gone = 0
         self.evicted = 0
+        #: Once-a-second samples for the admin page (``statsfeed.py``; facade.py ticks it).
+        self.stats_feed = StatsFeed()
         self._store: Store | None = None
         #: Where events are ordered and kept (``engine.py``); the memory engine by default.
         self.engine: Engine = MemoryEngine(self)

@@ -33,15 +33,19 @@ closes the stream with :meth:`abort`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from bisect import bisect_left
+import socket
+import struct
+import time
 from collections import deque
 from typing import Any, Final, Protocol
 
 import trio
 
 from .events import Event
+from .latency import LatencyHistogram
 from .mailbox import Mailbox
 
 log = logging.getLogger(__name__)
@@ -49,26 +53,13 @@ log = logging.getLogger(__name__)
 #: Most bytes joined into one write by the writer; the rest stays droppable in the mailbox.
 BATCH_BYTES: Final = 64 * 1024
 
+#: Linux ``struct tcp_info``: the offset of ``tcpi_bytes_acked`` (u64, since 4.1) and a size
+#: that reaches past it.
+_TCP_INFO_BYTES_ACKED: Final = 120
+_TCP_INFO_BYTES: Final = 232
 
-class LatencyHistogram:
-    """How long queued frames waited before the kernel took them (fixed buckets).
-
-    Write-through deliveries never wait; they are counted in the first bucket by whoever
-    renders this (delivered minus queued).
-    """
-
-    BOUNDS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(self.BOUNDS) + 1)
-        self.total = 0.0
-        self.observed = 0
-
-    def observe(self, seconds: float, count: int = 1) -> None:
-        index = bisect_left(self.BOUNDS, seconds)
-        self.counts[index] += count
-        self.total += seconds * count
-        self.observed += count
+#: Connection ids, unique in this process (the admin API names connections by them).
+_ids = itertools.count(1)
 
 
 class SinkBroken(Exception):
@@ -132,6 +123,16 @@ class SocketSink:
         except OSError as exc:
             raise SinkBroken(str(exc)) from None
 
+    def bytes_acked(self) -> int | None:
+        """Bytes the peer acknowledged (Linux ``TCP_INFO``), or ``None`` where unavailable."""
+        try:
+            info = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+        except (OSError, AttributeError):  # not Linux, not TCP, or closed
+            return None
+        if len(info) < _TCP_INFO_BYTES_ACKED + 8:
+            return None
+        return int(struct.unpack_from("=Q", info, _TCP_INFO_BYTES_ACKED)[0])
+
     async def send(self, data: bytes | memoryview) -> int:
         while True:
             await trio.lowlevel.wait_writable(self._sock)
@@ -156,6 +157,9 @@ class Subscriber:
         latency: where queued deliveries record how long they waited.
         cancel_scope: what :meth:`end` cancels instead of the nursery's own scope (tests
             that drive a subscriber without a connection).
+        transport: ``sse``, ``ws`` or ``h2`` (the admin API shows it).
+        remote: the client's address, ``host:port`` (the admin API shows it).
+        subject: the token's subject, if any (the admin API shows it).
     """
 
     __slots__ = (
@@ -175,14 +179,19 @@ class Subscriber:
         "end_reason",
         "ended",
         "frame",
+        "id",
         "latency",
         "mailbox",
         "name",
+        "opened_at",
         "position",
+        "remote",
         "seen_writes",
         "send_timeout",
         "sink",
+        "subject",
         "topics",
+        "transport",
     )
 
     def __init__(
@@ -198,7 +207,15 @@ class Subscriber:
         name: str = "subscriber",
         latency: LatencyHistogram | None = None,
         cancel_scope: trio.CancelScope | None = None,
+        transport: str = "sse",
+        remote: str = "?",
+        subject: str | None = None,
     ) -> None:
+        self.id = next(_ids)
+        self.transport = transport
+        self.remote = remote
+        self.subject = subject
+        self.opened_at = time.time()  # wall clock: shown as data, never used for timing
         self.latency = latency
         self.sink = sink
         self.codec = codec
@@ -250,7 +267,7 @@ class Subscriber:
         """Deliver a notice that sets the stream position (``broker.start``/``reset``)."""
         if self.busy:
             self._fed += len(frame)
-            self.mailbox.put_nowait(frame, event_id)
+            self.mailbox.put_nowait(frame, event_id, trio.current_time())
         elif not self.ended:
             self.position = event_id
             self._write_through(frame)
@@ -364,6 +381,40 @@ class Subscriber:
         """A final frame is being flushed; the connection ends once it is written."""
         return self._final is not None and not self.ended
 
+    def disconnect(self, final_frame: bytes, grace_seconds: float) -> None:
+        """End the stream on an operator's request, telling the client why first.
+
+        What is queued is discarded (a stalled client would never take it); ``final_frame``
+        follows any partly written frame, and the connection ends once it is written or
+        after ``grace_seconds``, whichever comes first. The end reason is ``disconnected``.
+        """
+        if self.ended:
+            return
+        self._close_reason = "disconnected"
+        self.mailbox.clear()
+        self._backlog = ()
+        if self._final is None:
+            self.close(final_frame)
+        if not self.ended:
+            self._nursery.start_soon(self._deadline_task, grace_seconds)
+
+    def bytes_out(self) -> int | None:
+        """Bytes the client has taken, from the kernel (``None`` where the sink cannot say).
+
+        Read when asked (admin API), so delivery counts nothing per write.
+        """
+        acked = getattr(self.sink, "bytes_acked", None)
+        return acked() if acked is not None else None
+
+    def lag(self, now: float) -> float:
+        """Age of the oldest event not yet delivered (nor reported lost); 0 when none waits.
+
+        Events dropped from a full queue still count until the drop notice is written, so a
+        client that stopped reading shows how long ago it stopped, not the queue's span.
+        """
+        since = self.mailbox.waiting_since()
+        return 0.0 if since is None else max(0.0, now - since)
+
     def end(self, reason: str) -> None:
         """End the connection now (idempotent); pending frames are discarded."""
         if self.ended:
@@ -472,6 +523,10 @@ class Subscriber:
         del control[:count]
         self._control_bytes = (size, count)
         return data
+
+    async def _deadline_task(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.end(self._close_reason)
 
     def _take_backlog(self) -> bytes:
         backlog, frame = self._backlog, self.frame

@@ -85,3 +85,27 @@ async def test_metrics_show_the_store_and_move(redis_server: RedisServer, key_pr
             await stream.aclose()
             await wait_for_async(followed_none)  # redis_idle_topic_seconds later
             nursery.cancel_scope.cancel()
+
+
+async def test_store_commit_latency_and_the_dashboard_store_panels(
+    redis_server: RedisServer, key_prefix
+):
+    from tests.integration.test_grafana_dashboard import STORE_PREFIX, dashboard_metrics
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            (a,) = await start_nodes(nursery, redis_server.url, key_prefix, 1)
+            for n in range(3):
+                await post(a.url, "c", n)
+            samples = await scrape(a.url)
+            assert samples["broker_store_commit_seconds_count"] == 3
+            assert samples["broker_store_commit_seconds_sum"] > 0
+            wanted = {m for m in dashboard_metrics() if m.startswith(STORE_PREFIX)}
+            assert wanted
+            names = {key.split("{", 1)[0] for key in samples}
+            assert wanted - names == set()
+            async with httpx.AsyncClient(base_url=a.url) as client:
+                cluster = (await client.get("/admin/api/cluster")).json()
+            assert cluster["engine"] == "redis"
+            assert cluster["store"]["last_commit_seconds"] > 0
+            a.request_shutdown()

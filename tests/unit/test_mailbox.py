@@ -61,3 +61,21 @@ def test_reservations_count_against_the_frame_bound():
     assert not box.reserve(1)
     box.clear()
     assert box.reserve(1)
+
+
+def test_waiting_since_keeps_the_oldest_drop_until_the_next_take():
+    box = Mailbox(max_events=2, max_bytes=10_000)
+    assert box.waiting_since() is None
+    box.put_nowait(b"a", "1", 10.0)
+    box.put_nowait(b"b", "2", 11.0)
+    assert box.waiting_since() == 10.0
+    for n in range(3, 8):  # a client that stopped reading: drops go on
+        box.put_nowait(b"x", str(n), float(n + 9))
+    assert box.oldest() == 15.0  # the queue spans only the newest frames...
+    assert box.waiting_since() == 10.0  # ...but the client has waited since the first one
+    box.take(10_000)  # the drop notice goes out with the batch
+    assert box.waiting_since() is None
+    box.put_nowait(b"c", "8", 20.0)
+    assert box.waiting_since() == 20.0
+    box.clear()
+    assert box.waiting_since() is None

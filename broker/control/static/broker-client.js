@@ -80,6 +80,7 @@ export const NOTICE_TYPES = Object.freeze([
   'broker.reset',
   'broker.dropped',
   'broker.shutdown',
+  'broker.disconnected',
   'broker.end',
   'broker.heartbeat',
 ]);
@@ -555,11 +556,13 @@ export class Subscription {
       this.#finish('ended');
       return;
     }
-    if (type === 'broker.shutdown') {
+    if (type === 'broker.shutdown' || type === 'broker.disconnected') {
+      // An operator's disconnect (admin API) says how long to stay away, like a shutdown.
       const retryMs = Number(data && data.retry_ms);
       this.#teardown();
       this.#quietStreak = 0;
-      this.#scheduleReconnect(Number.isFinite(retryMs) && retryMs >= 0 ? retryMs : null, 'broker shutting down');
+      const why = type === 'broker.shutdown' ? 'broker shutting down' : 'disconnected by the operator';
+      this.#scheduleReconnect(Number.isFinite(retryMs) && retryMs >= 0 ? retryMs : null, why);
     }
   }
 

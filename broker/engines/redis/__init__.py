@@ -10,7 +10,8 @@ anyio, so it runs under Trio), one module per part: ``publishing``, ``starting``
 
 from .base import RedisOptions as RedisOptions
 from .engine import RedisEngine as RedisEngine
+from .engine import RedisStatistics as RedisStatistics
 from .engine import open_redis_engine as open_redis_engine
 from .publishing import BatchSpansSlots as BatchSpansSlots
 
-__all__ = ["BatchSpansSlots", "RedisEngine", "RedisOptions", "open_redis_engine"]
+__all__ = ["BatchSpansSlots", "RedisEngine", "RedisOptions", "RedisStatistics", "open_redis_engine"]

@@ -15,6 +15,7 @@ from typing import Any, Final
 import trio
 
 from ...hub import Hub, Unavailable
+from ...hub.latency import LatencyHistogram
 from . import entries
 from .address import RedisAddress
 from .cache import TopicCache
@@ -93,6 +94,9 @@ class EngineBase:
         self.retry_at = 0.0
         self.published = 0
         self.appends = 0
+        #: Publish round trips (``/metrics``: ``broker_store_commit_seconds``; admin API).
+        self.commit_latency = LatencyHistogram()
+        self.last_commit_seconds: float | None = None
         self.reads = 0
         self.entries_read = 0
         self.messages = 0

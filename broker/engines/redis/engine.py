@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
 
 import trio
 
@@ -40,7 +40,7 @@ from .health import Health
 from .publishing import BatchSpansSlots, Publishing
 from .starting import Starting
 
-__all__ = ["BatchSpansSlots", "RedisEngine", "RedisOptions", "open_redis_engine"]
+__all__ = ["BatchSpansSlots", "RedisEngine", "RedisOptions", "RedisStatistics", "open_redis_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +53,48 @@ class RedisEngine(Publishing, Starting, Following, Health):
     ``health.py`` (degraded, reconnection); their shared state is ``base.py``'s.
     """
 
-    def statistics(self) -> dict[str, Any]:
-        """The engine part of ``/stats``."""
-        return {
-            "engine": "redis",
-            "redis": self.address.redacted(),
-            "kind": self.address.kind,
-            "state": "up" if self.healthy else "degraded",
-            "tracked_topics": len(self.caches),
-            "published": self.published,
-            "appends": self.appends,
-            "reads": self.reads,
-            "entries_read": self.entries_read,
-            "messages": self.messages,
-            "delivered_from_messages": self.delivered_from_messages,
-            "gap_reads": self.gap_reads,
-            "reconnects": self.reconnects,
-            "resets": self.resets,
-            "failures": self.failures,
-        }
+    def statistics(self) -> RedisStatistics:
+        """The engine part of ``/stats`` and ``/metrics``."""
+        last = self.last_commit_seconds
+        return RedisStatistics(
+            redis=self.address.redacted(),
+            kind=self.address.kind,
+            state="up" if self.healthy else "degraded",
+            tracked_topics=len(self.caches),
+            published=self.published,
+            appends=self.appends,
+            reads=self.reads,
+            entries_read=self.entries_read,
+            messages=self.messages,
+            delivered_from_messages=self.delivered_from_messages,
+            gap_reads=self.gap_reads,
+            reconnects=self.reconnects,
+            resets=self.resets,
+            failures=self.failures,
+            last_commit_seconds=round(last, 6) if last is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStatistics:
+    """A snapshot of the Redis engine: where it is, whether it answers, what it did."""
+
+    redis: str
+    kind: str
+    state: str
+    tracked_topics: int
+    published: int
+    appends: int
+    reads: int
+    entries_read: int
+    messages: int
+    delivered_from_messages: int
+    gap_reads: int
+    reconnects: int
+    resets: int
+    failures: int
+    last_commit_seconds: float | None
+    engine: str = "redis"
 
 
 @asynccontextmanager

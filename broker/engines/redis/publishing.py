@@ -66,6 +66,7 @@ class Publishing(EngineBase):
                 for item in items
             ],
         )
+        started = trio.current_time()
         try:
             with trio.fail_after(self.options.timeout_seconds):
                 stored = await self._script(keys, args)
@@ -80,6 +81,8 @@ class Publishing(EngineBase):
             self._failed(exc)
             raise self._unavailable() from None
         self.appends += 1
+        self.last_commit_seconds = trio.current_time() - started
+        self.commit_latency.observe(self.last_commit_seconds)
         self.published += len(items)
         return [
             ids.token(ids.tag(item.topic), ids.pack(entry_id))

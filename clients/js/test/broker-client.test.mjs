@@ -312,6 +312,23 @@ describe('EventSource transport', () => {
     sub.close();
   });
 
+  test('broker.disconnected: an operator cut us off; stay away for retry_ms', () => {
+    const { sub, seen } = record(['a']);
+    lastEs().start();
+    lastEs().event('4', 'a', 'x');
+    const old = lastEs();
+    old.notice('broker.disconnected', '4', { reason: 'stalled', retry_ms: 60000, position: '4' });
+    assert.equal(old.closed, true);
+    assert.deepEqual(seen.statuses.at(-1), ['reconnecting', 'sse', 60000]);
+    clock.advance(59999);
+    assert.equal(lastEs(), old); // no tight reconnect loop
+    clock.advance(1);
+    assert.notEqual(lastEs(), old);
+    assert.equal(lastEs().url.searchParams.get('last_event_id'), '4');
+    assert.equal(seen.notices.at(-1).data.reason, 'stalled');
+    sub.close();
+  });
+
   test('frames from a replaced connection are ignored', () => {
     const { sub, seen } = record(['a']);
     const old = lastEs();
