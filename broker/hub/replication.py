@@ -174,6 +174,7 @@ class Replicated(HubBase):
         last = self._vector.pop(origin)
         self.floor.pop(origin, None)
         self._logs.pop(origin, None)
+        self.replication_delay.pop(origin, None)
         for state in self._topics.values():
             history = state.history
             if any(e.origin == origin for e in history.events):
