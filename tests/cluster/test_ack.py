@@ -2,6 +2,7 @@
 
 import httpx
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import open_broker_server, start_node, wait_linked
 
@@ -59,7 +60,17 @@ async def test_replicated_by_config_refuses_when_too_few_peers_and_stores_nothin
             async with httpx.AsyncClient(base_url=a.url) as client:
                 answer = await client.post("/topics/q", json="z")
                 assert answer.status_code == 202, answer.text
+                metrics = {
+                    sample.name: sample.value
+                    for family in text_string_to_metric_families(
+                        (await client.get("/metrics")).text
+                    )
+                    for sample in family.samples
+                }
             assert a.cluster.statistics()["not_replicated"] == 1
+            assert metrics["broker_publishes_not_replicated_total"] == 1
+            assert metrics["broker_catchup_gaps_total"] == 0
+            assert metrics["broker_retired_origins"] == 0
             nursery.cancel_scope.cancel()
 
 
