@@ -2,9 +2,11 @@
 
 Everything runs in the cluster's own nursery (``open_cluster``): the peer listener, one
 task per link (its reader and writer in the link's nursery), a dialer per address being
-dialed, and one ticker that sends heartbeats (each carrying this node's catch-up digest:
-its vector and the lowest seq it holds per origin) and marks silent peers down. Leaving
-``open_cluster`` says goodbye to every peer and ends all of them.
+dialed, one ticker that sends heartbeats (each carrying this node's catch-up digest: its
+vector and the lowest seq it holds per origin), marks silent peers down, removes members
+gone for good and retires origins nobody uses, and one task that sends ``ack`` frames
+(replicated acknowledgement). Leaving ``open_cluster`` says goodbye to every peer and ends
+all of them.
 
 Catch-up is pulled (``catchup.py`` decides, this module sends): every digest, every
 answered page and every tick re-plans; a ``pull`` is answered from the replication log

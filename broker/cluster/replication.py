@@ -1,11 +1,11 @@
-"""Replication: per-origin FIFO delivery, hold-back, and what a peer is missing (sans-IO).
+"""Replication: per-origin FIFO delivery and the hold-back buffer (sans-IO).
 
 Why per-origin sequence numbers give duplicate-free resume on any node (shared/CLUSTER.md):
 every node hands an origin's events to its subscribers in that origin's seq order, exactly
 once, so "the last seq of origin o this node delivered" is one number per origin, and an
 event's id (the node's vector right after it) says exactly which events of each origin a
 client has seen. Any node can then replay "everything with seq > P[o]" for the client's
-topics: nothing it saw comes again, nothing it missed is skipped.
+topics: nothing it saw comes again, nothing it missed is skipped (docs/cluster-design.md).
 
 The :class:`Replicator` enforces the order. An event that arrives ahead of a gap waits in a
 bounded hold-back buffer until the gap is filled (pulled from a peer, ``catchup.py``).
