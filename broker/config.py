@@ -154,6 +154,15 @@ class ClusterSettings:
     queue_frames: int = field(default=10_000, metadata=_range(10, 10_000_000))
     max_frame_bytes: int = field(default=4 * 1024 * 1024, metadata=_range(1024, 1 << 30))
     backoff_max_seconds: float = field(default=10.0, metadata=_range(0.01, 3600))
+    #: A member unseen (no link, no frame) this long is removed and tombstoned.
+    remove_after_seconds: float = field(default=300.0, metadata=_range(0.1, 30 * 86400))
+    #: An origin no member has used this long leaves the vector: ids stop naming it.
+    retire_after_seconds: float = field(default=600.0, metadata=_range(0.1, 30 * 86400))
+    #: When a publish is answered 202: "local" (stored here) or "replicated" (stored by
+    #: min_replicas peers too); a request overrides it with ?ack= or X-Broker-Ack.
+    ack: str = field(default="local", metadata={"choices": ("local", "replicated")})
+    min_replicas: int = field(default=1, metadata=_range(1, 1000))
+    ack_timeout_seconds: float = field(default=5.0, metadata=_range(0.01, 600))
     handshake_timeout_seconds: float = field(default=5.0, metadata=_range(0.05, 600))
     tls_cert: str = ""
     tls_key: str = ""

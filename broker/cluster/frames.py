@@ -9,11 +9,24 @@ Frame types (``t``):
 
     hello   {node, origin, nonce, addr}       first frame on a link, both directions
     auth    {mac}                             the handshake's proofs (see auth.py)
-    members {peers: {node: addr}}             gossip: everyone this node knows
-    hb      {v: {origin: seq}}                heartbeat and anti-entropy digest (the vector)
-    ev      {o, s, tp, e, d, j, ts, r, f}     one event: origin, seq, topic, type, data,
-                                              is_json, published_at, retain, final
-    gap     {o, to}                           "I no longer hold origin o's events up to to"
+    members {peers: {node: addr},             gossip: everyone this node knows, their
+             origins?: {node: origin},        origins, and the removed members
+             gone?: {node: origin}}           (tombstones, membership.py)
+    hb      {v: {origin: seq},                heartbeat and catch-up digest: the vector
+             lo?: {origin: seq},              (highest seq held) and, where not 1, the
+             ret?: [origin]}                  lowest seq still held (catchup.py); origins
+                                              it retired lately (membership.py)
+    ev      {o, s, tp, e, d, j, ts, r, f,     one event: origin, seq, topic, type, data,
+             a?}                              is_json, published_at, retain, final; a:
+                                              the origin waits for an ack (ack=replicated)
+    pull    {o, after, n}                     "send me up to n events of o after seq after"
+    page    {o, after, n, to, lo, tp?}        answer to a pull, after its ev frames: sent
+                                              after+1..to; the lowest seq held is lo; if
+                                              after+1 < lo, tp lists the topics its index
+                                              says after+1..lo-1 were on (absent: unknown)
+    ack     {o, s}                            "I have delivered origin o up to s" (sent to
+                                              the origin: replicated acknowledgement)
+    gap     {o, to}                           (older nodes; ignored)
     bye     {}                                a clean goodbye
 
 Anything else, a frame over the size limit, or bytes that are not msgpack raise
@@ -29,7 +42,9 @@ import msgpack
 
 PREFIX: Final = struct.Struct("!I")
 DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
-TYPES: Final = frozenset({"hello", "auth", "members", "hb", "ev", "gap", "bye"})
+TYPES: Final = frozenset(
+    {"hello", "auth", "members", "hb", "ev", "pull", "page", "ack", "gap", "bye"}
+)
 
 
 class FrameError(Exception):
@@ -53,21 +68,23 @@ def encode_event(
     published_at: float,
     retain: bool,
     final: bool,
+    ack: bool = False,
 ) -> bytes:
-    return encode(
-        {
-            "t": "ev",
-            "o": origin,
-            "s": seq,
-            "tp": topic,
-            "e": event_type,
-            "d": data,
-            "j": is_json,
-            "ts": published_at,
-            "r": retain,
-            "f": final,
-        }
-    )
+    frame = {
+        "t": "ev",
+        "o": origin,
+        "s": seq,
+        "tp": topic,
+        "e": event_type,
+        "d": data,
+        "j": is_json,
+        "ts": published_at,
+        "r": retain,
+        "f": final,
+    }
+    if ack:
+        frame["a"] = True
+    return encode(frame)
 
 
 class FrameDecoder:
@@ -133,6 +150,8 @@ def _check(body: bytes) -> dict[str, Any]:
             _need(frame, o=str, s=int, tp=str, d=str, j=bool, ts=float | int, r=bool, f=bool)
             if frame.get("e") is not None and not isinstance(frame["e"], str):
                 raise FrameError("bad event type")
+            if not isinstance(frame.get("a", False), bool):
+                raise FrameError("bad ack flag")
             if frame["s"] < 1:
                 raise FrameError("bad seq")
         elif kind == "hello":
@@ -141,19 +160,49 @@ def _check(body: bytes) -> dict[str, Any]:
             _need(frame, mac=bytes)
         elif kind == "hb":
             _need(frame, v=dict)
-            if not all(isinstance(k, str) and isinstance(v, int) for k, v in frame["v"].items()):
-                raise FrameError("bad vector")
+            _vector(frame["v"])
+            if "lo" in frame:
+                _vector(frame["lo"])
+            retired = frame.get("ret", [])
+            if not isinstance(retired, list) or not all(isinstance(o, str) for o in retired):
+                raise FrameError("bad ret")
         elif kind == "members":
             _need(frame, peers=dict)
             if not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in frame["peers"].items()
             ):
                 raise FrameError("bad member list")
+            for key in ("origins", "gone"):
+                table = frame.get(key, {})
+                if not isinstance(table, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in table.items()
+                ):
+                    raise FrameError(f"bad {key}")
         elif kind == "gap":
             _need(frame, o=str, to=int)
+        elif kind == "pull":
+            _need(frame, o=str, after=int, n=int)
+            if frame["after"] < 0 or frame["n"] < 1:
+                raise FrameError("bad pull")
+        elif kind == "page":
+            _need(frame, o=str, after=int, n=int, to=int, lo=int)
+            topics = frame.get("tp")
+            if topics is not None and (
+                not isinstance(topics, list) or not all(isinstance(t, str) for t in topics)
+            ):
+                raise FrameError("page frame: bad tp")
+        elif kind == "ack":
+            _need(frame, o=str, s=int)
     except KeyError as exc:
         raise FrameError(f"{kind} frame without {exc}") from None
     return frame
+
+
+def _vector(vector: Any) -> None:
+    if not isinstance(vector, dict) or not all(
+        isinstance(k, str) and type(v) is int and v >= 0 for k, v in vector.items()
+    ):
+        raise FrameError("bad vector")
 
 
 def _need(frame: dict[str, Any], **types: Any) -> None:

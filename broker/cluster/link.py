@@ -2,8 +2,8 @@
 
 A link owns two tasks in its own nursery: the reader decodes frames and hands them to the
 node, the writer drains a bounded send queue in batches. Sending never blocks the caller:
-when the queue is full the frame is dropped and counted, and anti-entropy sends what the
-peer missed later, so a slow or dead peer never slows local publishing or delivery.
+when the queue is full the frame is dropped and counted, and the peer pulls what it missed
+later (``catchup.py``), so a slow or dead peer never slows local publishing or delivery.
 
 Errors: :class:`LinkClosed` when this side closed it, :class:`LinkBroken` when the peer went
 away or sent garbage; both end the link, and nothing else.
@@ -125,11 +125,8 @@ class PeerLink:
         self.frames_in = 0
         self.frames_out = 0
         self.dropped = 0
-        #: Per origin, the highest seq queued on this link (anti-entropy bookkeeping).
-        self.sent: dict[str, int] = {}
-        #: The peer's vector in its last two heartbeats.
+        #: The peer's vector in its last heartbeat (its lag in ``/stats``).
         self.peer_vector: dict[str, int] = {}
-        self.previous_peer_vector: dict[str, int] = {}
 
     def __str__(self) -> str:
         return f"peer {self.peer.node}"

@@ -2,9 +2,15 @@
 
 Everything runs in the cluster's own nursery (``open_cluster``): the peer listener, one
 task per link (its reader and writer in the link's nursery), a dialer per address being
-dialed, and one ticker that sends heartbeats (each carrying this node's vector, which is
-also the anti-entropy digest), marks silent peers down and gives up stale gaps. Leaving
-``open_cluster`` says goodbye to every peer and ends all of them.
+dialed, one ticker that sends heartbeats (each carrying this node's catch-up digest: its
+vector and the lowest seq it holds per origin), marks silent peers down, removes members
+gone for good and retires origins nobody uses, and one task that sends ``ack`` frames
+(replicated acknowledgement). Leaving ``open_cluster`` says goodbye to every peer and ends
+all of them.
+
+Catch-up is pulled (``catchup.py`` decides, this module sends): every digest, every
+answered page and every tick re-plans; a ``pull`` is answered from the replication log
+with the events and a ``page`` frame, which triggers the next request.
 
 Fault isolation: each link's task runs under :func:`~broker.core.guard.guard`; an unexpected
 exception (in the handshake, a frame handler, the writer) is logged and counted
@@ -17,6 +23,7 @@ node with the smaller id, so both sides close the same duplicate.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,17 +33,19 @@ import trio
 
 from ..core.guard import guard
 from ..hub import Hub
+from ..hub.engine import NotReplicated
 from ..hub.events import Event
 from . import frames
+from .catchup import CatchUp, Gap, Pull
 from .link import Hello, LinkBroken, LinkClosed, PeerLink, handshake
 from .membership import Membership
-from .replication import Replicator, ranges_to_send
+from .replication import Replicator
 from .tls import PeerTls, peer_tls
 
 log = logging.getLogger(__name__)
 
-#: Most events pushed to one peer per origin per heartbeat by anti-entropy.
-PUSH_BATCH = 2000
+#: Most events one ``pull`` is answered with, whatever it asks for.
+MAX_PAGE_EVENTS = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +65,20 @@ class ClusterOptions:
     max_frame_bytes: int = frames.DEFAULT_MAX_FRAME_BYTES
     queue_frames: int = 10_000
     backoff_max_seconds: float = 10.0
+    remove_after_seconds: float = 300.0
+    retire_after_seconds: float = 600.0
+    ack: str = "local"
+    min_replicas: int = 1
+    ack_timeout_seconds: float = 5.0
     #: PEM files for mutual TLS on every peer link (all three, or none: plain TCP).
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
 
 
-def event_frame(event: Event) -> bytes:
+def event_frame(event: Event, *, ack: bool = False) -> bytes:
     return frames.encode_event(
+        ack=ack,
         origin=event.origin,
         seq=event.seq,
         topic=event.topic,
@@ -94,14 +109,33 @@ class Cluster:
             list(options.seeds),
             down_after=options.down_after_seconds,
             backoff_max=options.backoff_max_seconds,
+            remove_after=options.remove_after_seconds,
+            tombstone_seconds=max(3600.0, 2 * options.remove_after_seconds),
+            retire_after=options.retire_after_seconds,
+            origin=hub.origin,
         )
         self.replicator = Replicator(
-            hub.vector,
-            self._deliver,
-            hub.skip_remote,
-            holdback_seconds=options.holdback_seconds,
+            hub.vector, self._deliver, hub.skip_remote, retired=hub.retired
+        )
+        self.catchup = CatchUp(
+            stall_seconds=max(options.holdback_seconds, 2 * options.heartbeat_seconds),
+            gap_grace_seconds=options.holdback_seconds,
+            patience_seconds=options.heartbeat_seconds,
+            retired=hub.retired,
         )
         self._nursery: trio.Nursery | None = None
+        #: Replicated acknowledgement: per peer node, the highest seq of this node's origin
+        #: it delivered; the origins whose senders are owed an ``ack`` frame.
+        self.acked: dict[str, int] = {}
+        self._acked_changed = trio.Event()
+        self._ack_due: set[str] = set()
+        self._ack_wake = trio.Event()
+        self._ack_wanted = False
+        self.default_ack = options.ack
+        self.not_replicated = 0
+        self.links_opened = 0
+        #: Origins this node retired lately, said in its heartbeats (membership.py).
+        self._retired_at: dict[str, float] = {}
         self.replicated_out = 0
         self.rejected_links = 0
         self.own = Hello(options.node_id, hub.origin, self.addr)
@@ -128,10 +162,9 @@ class Cluster:
         """Hub listener: send an event published here to every peer (encoded once)."""
         if not self.links:
             return
-        frame = event_frame(event)
+        frame = event_frame(event, ack=self._ack_wanted)
         for link in self.links.values():
             if link.send_nowait(frame):
-                link.sent[event.origin] = event.seq
                 self.replicated_out += 1
 
     # -- links ----------------------------------------------------------------------------
@@ -220,8 +253,11 @@ class Cluster:
                 return
             existing.close()
         self.links[peer.node] = link
+        self.links_opened += 1
+        if existing is None or existing.peer.origin != peer.origin:
+            self.acked.pop(peer.node, None)  # a new incarnation holds nothing it acked
         now = trio.current_time()
-        self.membership.linked(peer.node, peer.addr, now)
+        self.membership.linked(peer.node, peer.addr, now, peer.origin)
         log.info("%s: linked to %s at %s (origin %s)", self, peer.node, peer.addr, peer.origin)
         self._greet(link)
         try:
@@ -234,43 +270,180 @@ class Cluster:
             if self.links.get(peer.node) is link:
                 del self.links[peer.node]
                 self.membership.unlinked(peer.node, trio.current_time())
+                self.catchup.peer_gone(peer.node)
 
     def _dialer(self, link: PeerLink) -> str:
         return self.options.node_id if link.dialed else link.peer.node
 
     def _greet(self, link: PeerLink) -> None:
-        link.send_nowait(frames.encode({"t": "members", "peers": self.membership.gossip()}))
-        link.send_nowait(frames.encode({"t": "hb", "v": dict(self.hub.vector)}))
+        link.send_nowait(self._members())
+        link.send_nowait(self._heartbeat())
+
+    def _members(self) -> bytes:
+        membership = self.membership
+        frame: dict[str, Any] = {
+            "t": "members",
+            "peers": membership.gossip(),
+            "origins": membership.gossip_origins(),
+        }
+        gone = membership.gossip_gone()
+        if gone:
+            frame["gone"] = gone
+        return frames.encode(frame)
+
+    def _heartbeat(self) -> bytes:
+        frame: dict[str, Any] = {"t": "hb", "v": dict(self.hub.vector)}
+        low = self.hub.holdings()
+        if low:
+            frame["lo"] = low
+        if self._retired_at:
+            frame["ret"] = list(self._retired_at)
+        return frames.encode(frame)
 
     def _on_frame(self, link: PeerLink, frame: dict[str, Any]) -> None:
         now = trio.current_time()
-        self.membership.seen(link.peer.node, now)
+        node = link.peer.node
+        self.membership.seen(node, now)
         kind = frame["t"]
         if kind == "ev":
-            self.replicator.receive(frame, now)
+            if self.replicator.receive(frame) and frame.get("a"):
+                self._ack_due.add(frame["o"])
+                self._ack_wake.set()
+        elif kind == "ack":
+            if frame["o"] == self.hub.origin:
+                self._acked(node, frame["s"])
         elif kind == "hb":
-            link.previous_peer_vector = link.peer_vector
             link.peer_vector = frame["v"]
-            self._push_missing(link)
+            self._acked(node, frame["v"].get(self.hub.origin, 0))
+            for origin in frame.get("ret", ()):
+                if origin in self.hub.vector and self.membership.may_retire(origin):
+                    self._retire_origin(origin, now)
+            self.catchup.digest(node, frame["v"], frame.get("lo", {}), now)
+            self._catch_up(now)
+        elif kind == "pull":
+            self._serve_pull(link, frame)
+        elif kind == "page":
+            self.catchup.answered(
+                node,
+                frame["o"],
+                frame["after"],
+                frame["n"],
+                frame["to"],
+                frame["lo"],
+                now,
+                frame.get("tp"),
+            )
+            self._catch_up(now)
         elif kind == "members":
-            self.membership.learn(frame["peers"], now)
-        elif kind == "gap":
-            self.replicator.gap_hint(frame["o"], frame["to"], now)
+            self.membership.learn(frame["peers"], now, frame.get("origins"), frame.get("gone"))
 
-    def _push_missing(self, link: PeerLink) -> None:
-        plan = ranges_to_send(
-            self.hub.vector, link.peer_vector, link.sent, link.previous_peer_vector
+    # -- replicated acknowledgement --------------------------------------------------------
+
+    def _acked(self, node: str, seq: int) -> None:
+        if seq > self.acked.get(node, 0):
+            self.acked[node] = seq
+            self._acked_changed.set()
+            self._acked_changed = trio.Event()
+
+    async def _ack_task(self) -> None:
+        """Tell each origin how far this node has delivered it: one frame per wake-up.
+
+        Woken by deliveries; by the time it runs, the reader has applied every frame of its
+        last read, so acknowledgements are batched without a timer.
+        """
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake = trio.Event()
+            due, self._ack_due = self._ack_due, set()
+            vector = self.hub.vector
+            for link in list(self.links.values()):
+                origin = link.peer.origin
+                delivered = vector.get(origin, 0)  # 0: only held back so far
+                if origin in due and delivered:
+                    link.send_nowait(frames.encode({"t": "ack", "o": origin, "s": delivered}))
+
+    def check_replicas(self) -> None:
+        """Refuse a replicated publish before storing it when too few peers are linked."""
+        wanted = self.options.min_replicas
+        # The events published next (this request's) ask their receivers for an ack; with
+        # ack = local nobody asks, and peers send none (heartbeats carry the same, later).
+        self._ack_wanted = True
+        if len(self.links) < wanted:
+            self.not_replicated += 1
+            raise NotReplicated(
+                f"ack=replicated needs {wanted} linked peer(s), {len(self.links)} linked",
+                self.options.heartbeat_seconds,
+            )
+
+    async def confirm(self, seq: int) -> None:
+        """Wait until ``min_replicas`` peers delivered this node's events up to ``seq``."""
+        wanted = self.options.min_replicas
+        self._ack_wanted = False
+        with trio.move_on_after(self.options.ack_timeout_seconds):
+            while sum(1 for acked in self.acked.values() if acked >= seq) < wanted:
+                await self._acked_changed.wait()
+            return
+        self.not_replicated += 1
+        raise NotReplicated(
+            f"stored here, but not confirmed by {wanted} peer(s) within "
+            f"{self.options.ack_timeout_seconds} s; it may still replicate",
+            self.options.heartbeat_seconds,
         )
-        for origin, after in plan:
-            events, first_available = self.hub.log_after(origin, after, PUSH_BATCH)
-            if first_available > after + 1:
-                link.send_nowait(
-                    frames.encode({"t": "gap", "o": origin, "to": first_available - 1})
-                )
-            for event in events:
-                if not link.send_nowait(event_frame(event)):
-                    break
-                link.sent[origin] = event.seq
+
+    # -- catch-up -------------------------------------------------------------------------
+
+    def _catch_up(self, now: float) -> None:
+        """Carry out what the catch-up planner decides now."""
+        links = self.links
+        # Reachable means linked and its digest in: a link that just came up has not said
+        # yet what it holds, and a gap decided in that moment would lose what it has.
+        digests = self.catchup.peers
+        everyone = all(node in links and node in digests for node in self.membership.members)
+        plan = self.catchup.plan(
+            self.hub.vector, self.replicator.held_from(), now, everyone_reachable=everyone
+        )
+        for action in plan:
+            if isinstance(action, Pull):
+                link = self.links.get(action.peer)
+                if link is not None:
+                    link.send_nowait(
+                        frames.encode(
+                            {
+                                "t": "pull",
+                                "o": action.origin,
+                                "after": action.after,
+                                "n": action.count,
+                            }
+                        )
+                    )
+            elif isinstance(action, Gap):
+                topics = None if action.topics is None else list(action.topics)
+                self.hub.skip_remote(action.origin, action.up_to, topics)
+                self.replicator.skip_to(action.origin, action.up_to)
+
+    def _serve_pull(self, link: PeerLink, frame: dict[str, Any]) -> None:
+        """Answer a peer's ``pull`` from the replication log: its events, then ``page``."""
+        origin, after = frame["o"], frame["after"]
+        count = min(frame["n"], MAX_PAGE_EVENTS)
+        events, first = self.hub.log_after(origin, after, count)
+        to = after
+        for event in events:
+            if event.seq != to + 1 or not link.send_nowait(event_frame(event)):
+                break
+            to = event.seq
+        answer: dict[str, Any] = {
+            "t": "page",
+            "o": origin,
+            "after": after,
+            "n": count,
+            "to": to,
+            "lo": first,
+        }
+        if after + 1 < first:
+            topics = self.hub.lost_topics(origin, after, first)
+            if topics is not None:
+                answer["tp"] = topics
+        link.send_nowait(frames.encode(answer))
 
     # -- running --------------------------------------------------------------------------
 
@@ -289,15 +462,40 @@ class Cluster:
                         options.down_after_seconds,
                     )
                     link.close()
-            self.replicator.expire(now)
-            heartbeat = frames.encode({"t": "hb", "v": dict(self.hub.vector)})
-            members = frames.encode({"t": "members", "peers": self.membership.gossip()})
+            for node in self.membership.expire(now):
+                log.warning(
+                    "%s: removed member %s: unseen for %.0f s",
+                    self,
+                    node,
+                    options.remove_after_seconds,
+                )
+            self._retire(now)
+            self._catch_up(now)
+            heartbeat = self._heartbeat()
+            members = self._members()
             for link in list(self.links.values()):
                 link.send_nowait(heartbeat)
                 link.send_nowait(members)
             for addr in self.membership.dial_targets(now):
                 self._nursery.start_soon(self._dial, addr)
             await trio.sleep(options.heartbeat_seconds)
+
+    def _retire(self, now: float) -> None:
+        """Take origins no member uses any more out of the vector (bounded ids)."""
+        hub = self.hub
+        last_event = {o: hub.last_published_at(o) for o in hub.vector if o != hub.origin}
+        for origin in self.membership.retirable(last_event, time.time()):
+            self._retire_origin(origin, now)
+        hub.retiring = self.membership.retiring()
+        horizon = now - self.options.retire_after_seconds
+        for origin in [o for o, at in self._retired_at.items() if at < horizon]:
+            del self._retired_at[origin]
+
+    def _retire_origin(self, origin: str, now: float) -> None:
+        self.hub.retire_origin(origin)
+        self.replicator.forget(origin)
+        self.catchup.forget([origin])
+        self._retired_at[origin] = now
 
     def isolate(self, node: str) -> None:
         """Cut this node off from ``node`` until :meth:`heal` (fault injection, operations)."""
@@ -344,9 +542,22 @@ class Cluster:
             "replicated_in": self.hub.replicated_in,
             "replicated_out": self.replicated_out,
             "held_back": self.replicator.held,
+            "catchup": {
+                "pulling": self.catchup.active(),
+                "pulls": self.catchup.pulls,
+                "pages": self.catchup.pages,
+                "stalls": self.catchup.stalls,
+                "gaps": self.catchup.gaps,
+            },
             "duplicates": self.replicator.duplicates,
             "lost": self.hub.lost,
             "rejected_links": self.rejected_links,
+            "links_opened": self.links_opened,
+            "removed_members": self.membership.removed,
+            "pauses": self.membership.pauses,
+            "retired_origins": len(self.hub.retired),
+            "ack": self.default_ack,
+            "not_replicated": self.not_replicated,
         }
 
 
@@ -371,6 +582,8 @@ async def open_cluster(hub: Hub, options: ClusterOptions) -> AsyncIterator[Clust
             cluster._nursery = nursery
             await nursery.start(trio.serve_listeners, cluster._serve_inbound, listeners)
             nursery.start_soon(cluster._ticker)
+            nursery.start_soon(cluster._ack_task)
+            hub.acknowledger = cluster
             try:
                 yield cluster
             finally:
@@ -381,4 +594,5 @@ async def open_cluster(hub: Hub, options: ClusterOptions) -> AsyncIterator[Clust
                     await trio.sleep(0.05)  # let the writers flush the goodbyes
                 nursery.cancel_scope.cancel()
     finally:
+        hub.acknowledger = None
         hub.listeners.remove(cluster.on_local_event)

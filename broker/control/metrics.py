@@ -171,6 +171,32 @@ class BrokerCollector(Collector):
                 "broker_replicated_out", "Events sent to peers", info["replicated_out"]
             )
             yield CounterMetricFamily("broker_events_lost", "Events given up as lost", info["lost"])
+            catchup = info["catchup"]
+            yield GaugeMetricFamily(
+                "broker_catchup_origins",
+                "Origins being pulled from a peer",
+                len(catchup["pulling"]),
+            )
+            for name, help_text, key in (
+                ("broker_catchup_pages", "Catch-up pages answered by peers", "pages"),
+                ("broker_catchup_stalls", "Catch-up pulls moved to another peer", "stalls"),
+                (
+                    "broker_catchup_gaps",
+                    "Ranges declared lost (no reachable peer held them)",
+                    "gaps",
+                ),
+            ):
+                yield CounterMetricFamily(name, help_text, catchup[key])
+            yield CounterMetricFamily(
+                "broker_publishes_not_replicated",
+                "Publishes with ack=replicated answered 503 not_replicated",
+                info["not_replicated"],
+            )
+            yield GaugeMetricFamily(
+                "broker_retired_origins",
+                "Origins retired from this node's ids",
+                info["retired_origins"],
+            )
 
         store = server.store
         if store is not None:

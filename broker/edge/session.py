@@ -47,10 +47,11 @@ from typing import Final, Protocol
 
 import trio
 
-from ..core.errors import BadEventId, ClientError, UnsupportedMediaType
+from ..core.errors import BadEventId, BadRequest, ClientError, UnsupportedMediaType
 from ..core.items import PublishItem
 from ..core.topics import check_event_type
 from ..hub import Hub, Unavailable
+from ..hub.engine import Acknowledger
 from ..hub.replay import StartAt
 from ..hub.subscriber import Codec, Sink, Subscriber
 from ..wire import codecs
@@ -353,7 +354,11 @@ async def publish(
             items = codecs.decode_batch(content_type, body)
             policy.admit_publish(route, headers, peer, [i.topic for i in items], now)
             if hub.synchronous:  # the memory/mesh engine: publish now, no checkpoint
-                return {"ids": [e.id for e in hub.publish_batch_nowait(items)]}
+                acknowledger = _replicated(hub, route, headers)
+                events = hub.publish_batch_nowait(items)
+                if acknowledger is not None and events:
+                    await acknowledger.confirm(events[-1].seq)
+                return {"ids": [e.id for e in events]}
             return {"ids": await hub.publish(items)}
         policy.admit_publish(route, headers, peer, [route.topics[0]], now)
         try:
@@ -372,14 +377,47 @@ async def publish(
     except UnsupportedMediaType as error:
         raise UnsupportedMediaType(f"{error.message}; {curl_example(route, headers)}") from None
     if hub.synchronous:
+        acknowledger = _replicated(hub, route, headers)
         event = hub.publish_nowait(
             route.topics[0], data, event_type=event_type, is_json=is_json, retain=retain,
             final=final,
         )  # fmt: skip
+        if acknowledger is not None:
+            await acknowledger.confirm(event.seq)
         return {"id": event.id, "topic": event.topic}
     item = PublishItem(route.topics[0], data, event_type, is_json)
     event_ids = await hub.publish([item], retain=retain, final=final)
     return {"id": event_ids[0], "topic": item.topic}
+
+
+ACK_HEADER: Final = "x-broker-ack"
+
+
+def _replicated(hub: Hub, route: Route, headers: Mapping[str, str]) -> Acknowledger | None:
+    """The acknowledger if this publish is answered only once peers stored it.
+
+    The level is the ``ack`` query parameter, else the ``X-Broker-Ack`` header, else the
+    ``[cluster] ack`` setting. Checked before publishing: with too few peers linked the
+    publish is refused (503 not_replicated) and nothing is stored.
+
+    Raises:
+        BadRequest: an unknown level, or ``replicated`` without a mesh cluster.
+        NotReplicated: fewer than ``min_replicas`` peers are linked.
+    """
+    acknowledger = hub.acknowledger
+    level = route.param("ack") or headers.get(ACK_HEADER)
+    if level is None:
+        if acknowledger is None or acknowledger.default_ack == "local":
+            return None
+        level = acknowledger.default_ack
+    if level == "local":
+        return None
+    if level != "replicated":
+        raise BadRequest(f"ack must be local or replicated, got {level[:40]!r}")
+    if acknowledger is None:
+        raise BadRequest("ack=replicated needs a mesh cluster ([cluster] engine = mesh)")
+    acknowledger.check_replicas()
+    return acknowledger
 
 
 _HOST: Final = re.compile(

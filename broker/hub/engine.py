@@ -18,7 +18,8 @@ never tests which engine runs.
 
 :class:`~broker.core.items.PublishItem` (re-exported here) is what the edge hands to any
 engine to publish, and :class:`Unavailable` and :class:`NotSupported` are the answers an
-engine can give instead. ``broker.hub`` re-exports these names.
+engine can give instead. :class:`Acknowledger` is how the mesh makes a publish wait until
+peers stored it. ``broker.hub`` re-exports these names.
 """
 
 from __future__ import annotations
@@ -45,6 +46,42 @@ class Unavailable(ClientError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = max(1, math.ceil(retry_after))
+
+
+class NotReplicated(Unavailable):
+    """``ack = replicated``: too few peers stored the event (or are linked to store it).
+
+    Raised before publishing when fewer than ``min_replicas`` peers are linked (nothing was
+    stored), or after ``ack_timeout_seconds`` without enough acknowledgements (the event was
+    stored on this node and may still reach the others; a retry may store it twice).
+    """
+
+    code = "not_replicated"
+
+
+class CatchingUp(Unavailable):
+    """A client resumes on a node that has delivered less than the client has seen, and
+    the node did not catch up in time: starting now would move the client backwards (and
+    repeat events later), so the client is asked to retry (SSE: ``broker.degraded``)."""
+
+    code = "catching_up"
+
+
+class Acknowledger(Protocol):
+    """Replicated acknowledgement (the mesh cluster): a publish waits for peers."""
+
+    #: ``"local"`` or ``"replicated"``: the level of a request that names none.
+    default_ack: str
+
+    def check_replicas(self) -> None:
+        """Raise :class:`NotReplicated` if too few peers are linked to replicate now."""
+
+    async def confirm(self, seq: int) -> None:
+        """Return once ``min_replicas`` peers delivered this node's events up to ``seq``.
+
+        Raises:
+            NotReplicated: not within the acknowledgement timeout.
+        """
 
 
 class NotSupported(ClientError):

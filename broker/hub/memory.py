@@ -4,7 +4,8 @@ The default engine, and the mesh's: ids are this node's position vector (``core.
 each topic keeps its last ``history_size`` events in memory, and publishing is synchronous
 (``Hub.publish_nowait``, no checkpoint). The gossip mesh (``broker.cluster``) adds events of
 other origins on top (``replication.py``); a client that comes from another node may have to
-wait for this one to catch up before its stream can start (``prepare``).
+wait for this one to catch up before its stream can start (``prepare``); if it cannot in
+``catchup_seconds``, the client is asked to retry (``CatchingUp``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..core import positions
 from ..core.items import PublishItem
+from .engine import CatchingUp
 from .replay import StartAt, StartPlan, has_everything, plan_start
 
 if TYPE_CHECKING:  # the hub composes its engine: only the types are needed here
@@ -39,7 +41,13 @@ class MemoryEngine:
         hub = self.hub
         if catchup_seconds and hub.behind(resume_from):
             assert resume_from is not None
-            await hub.wait_caught_up(resume_from, catchup_seconds)
+            if not await hub.wait_caught_up(resume_from, catchup_seconds):
+                # Starting behind the client would send ids that move it backwards, and the
+                # events it already saw would come again once this node has them.
+                raise CatchingUp(
+                    "this node has not yet delivered every event this client saw; "
+                    "retry (here or on another node)"
+                )
 
     def plan_start(
         self,
@@ -50,8 +58,22 @@ class MemoryEngine:
     ) -> StartPlan:
         hub = self.hub
         return plan_start(
-            hub._vector, states, resume_from=resume_from, start_at=start_at, floor=hub.floor
+            hub._vector,
+            states,
+            resume_from=resume_from,
+            start_at=start_at,
+            floor=hub.floor,
+            retired=self._retired_view(),
         )
+
+    def _retired_view(self) -> dict[str, int]:
+        """Retired origins, and those about to retire at their last seq (see replay.py)."""
+        hub = self.hub
+        if not hub.retiring:
+            return hub.retired
+        vector = hub._vector
+        about = {o: vector[o] for o in hub.retiring if o in vector}
+        return {**hub.retired, **about}
 
     def end_position(self, plan: StartPlan) -> str:
         """The id that ``broker.end`` carries: this node's position after the replay."""
@@ -105,23 +127,6 @@ class JournalEngine(MemoryEngine):
         if missing:  # expired, or not read since the start: the store has them
             await hub.load_topics(missing)
         await super().prepare(topics, resume_from, start_at, catchup_seconds)
-
-    def plan_start(
-        self,
-        topics: frozenset[str],
-        states: Sequence[_Topic],
-        resume_from: str | None,
-        start_at: StartAt | None,
-    ) -> StartPlan:
-        hub = self.hub
-        return plan_start(
-            hub._vector,
-            states,
-            resume_from=resume_from,
-            start_at=start_at,
-            floor=hub.floor,
-            retired=hub.retired,
-        )
 
     async def append(
         self, items: Sequence[PublishItem], *, retain: bool = False, final: bool = False

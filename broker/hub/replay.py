@@ -87,9 +87,17 @@ def plan_start(
     """Plan the start of a stream over ``topics`` on a node at position ``vector``.
 
     ``floor`` holds, per origin, the seq up to which this node may lack events (it joined
-    late or gave up on a gap): a resume from below it is not exact. ``retired`` holds the
-    origins this node gave up after an operating-system crash, at the last seq that
-    survived it: a client past that saw events that are gone (reason ``lost``).
+    late or gave up on a gap): a resume from below it is not exact.
+
+    ``retired`` holds origins this node no longer mints or follows, with the last seq of
+    theirs that exists. Two kinds: an origin that left the vector (its node restarted with a
+    new origin or left the cluster, and its events left history: ``cluster/``), and the
+    origin of an epoch cut short by an operating-system crash (``engines/durable.py``),
+    which stays in the vector while its surviving events are in history. A client that saw
+    more of a retired origin than exists was told of events that are gone (reason ``lost``).
+    An id that does not name an origin that left the vector was issued after it left, so it
+    is read as having seen all of it; either way the topics' eviction marks decide whether
+    the resume is exact.
     """
     retained = sorted(
         {
@@ -133,9 +141,12 @@ def plan_start(
         }
         return StartPlan("broker.reset", payload, position, retained, [], ended=all_closed)
     known = {o: min(s, vector[o]) for o, s in requested.items() if o in vector}
-    # An origin this node never heard of is harmless if the client saw none of its events.
-    unknown = any(s > 0 for o, s in requested.items() if o not in vector)
     retired = retired or {}
+    for origin, last in retired.items():
+        if origin not in vector:  # it left the ids: one that does not name it came after
+            known[origin] = min(requested.get(origin, last), last)
+    # An origin this node never heard of is harmless if the client saw none of its events.
+    unknown = any(s > 0 for o, s in requested.items() if o not in vector and o not in retired)
     lost = any(s > retired[o] for o, s in requested.items() if o in retired)
     exact = not unknown and not lost and all(known.get(o, 0) >= f for o, f in (floor or {}).items())
     missed = []

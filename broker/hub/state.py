@@ -17,7 +17,7 @@ import trio
 from ..core import positions
 from ..core.guard import Faults
 from ..core.items import PublishItem
-from .engine import Engine, Journal, Store, StoreEngine
+from .engine import Acknowledger, Engine, Journal, Store, StoreEngine
 from .events import Event
 from .history import TopicHistory
 from .latency import LatencyHistogram
@@ -135,9 +135,6 @@ class HubBase:
         self.journal: Journal | None = None
         #: Topics whose final event is accepted but not yet delivered (journal).
         self._closing: set[str] = set()
-        #: Origins this node used before an operating-system crash, at the last seq that
-        #: survived it: a client past that saw events that are gone (``broker.reset``).
-        self.retired: dict[str, int] = {}
         #: Topic expiry (journal): the current round, bumped by hub.py's expiry task.
         self.round = 0
         #: The index of the last event delivered (journal: ``_index`` runs ahead).
@@ -164,6 +161,12 @@ class HubBase:
         self._logs: dict[str, deque[Event]] = {}
         #: Per origin, events up to this seq may be missing here (joined late, gave up).
         self.floor: dict[str, int] = {}
+        #: Origins this node no longer mints or follows, with the last seq of theirs that
+        #: exists (``replay.plan_start``): origins that left the vector (replication.py,
+        #: bounded), and an epoch cut short by an operating-system crash (durable.py).
+        self.retired: dict[str, int] = {}
+        #: Origins about to retire: an id that does not name one has seen all of it.
+        self.retiring: set[str] = set()
         self._progress = trio.Event()
         self._delivered_by_gone = 0
         self._dropped_by_gone = 0
@@ -178,6 +181,8 @@ class HubBase:
         #: Internal errors contained per connection (core/guard.py): every part of the server
         #: that serves connections reaches this node's counters through its hub.
         self.faults = Faults()
+        #: The mesh cluster's replicated acknowledgement, or ``None`` (single node, Redis).
+        self.acknowledger: Acknowledger | None = None
         #: Coalescing (hub.py's flusher task): topics published since it last ran, and the
         #: subscribers whose direct writes wait for it.
         self._coalescing = False

@@ -389,6 +389,33 @@ async def test_hot_routes_on_hypercorn_connections_use_the_engine_too(redis_serv
             nursery.cancel_scope.cancel()
 
 
+async def test_publishes_work_within_1_s_of_redis_answering_again(persistent_redis, key_prefix):
+    """Issue 20: after Redis came back, 503 went on for 1-7 s (the reconnect backoff had grown)."""
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            (a,) = await start_nodes(
+                nursery,
+                persistent_redis.url,
+                key_prefix,
+                1,
+                cluster={"backoff_max_seconds": 10.0},  # the default, not the tests' 0.3
+            )
+            await post(a.url, "w", "before")
+            await trio.to_thread.run_sync(persistent_redis.kill)
+            await post(a.url, "w", "lost", expect=503)
+            # an outage of some seconds: an uncapped backoff has grown to seconds by then
+            await trio.sleep(5)
+            await trio.to_thread.run_sync(persistent_redis.start)  # returns once it answers
+            back = trio.current_time()
+            async with httpx.AsyncClient(base_url=a.url) as client:
+                while (await client.post("/topics/w", json="after")).status_code != 202:
+                    await trio.sleep(0.02)
+            waited = trio.current_time() - back
+            print(f"\npublishes accepted {waited:.2f} s after Redis answered again")
+            assert waited < 1.0
+            nursery.cancel_scope.cancel()
+
+
 async def test_clearing_and_forgetting_need_a_token_on_the_redis_engine(redis_server, key_prefix):
     """Issue 17: DELETE needed no token; on a store it wipes the topic for every node."""
     secret = "a-shared-secret-that-is-long-enough-32"

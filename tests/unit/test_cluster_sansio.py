@@ -3,7 +3,7 @@ import pytest
 
 from broker.cluster import frames
 from broker.cluster.membership import Membership
-from broker.cluster.replication import Replicator, ranges_to_send
+from broker.cluster.replication import Replicator
 
 
 def ev(origin, seq):
@@ -39,6 +39,14 @@ def test_frames_round_trip_across_arbitrary_splits():
         msgpack.packb({**ev("a", 1), "s": "1"}),
         msgpack.packb({**ev("a", 1), "s": 0}),
         msgpack.packb({"t": "hb", "v": {"a": "x"}}),
+        msgpack.packb({"t": "hb", "v": {"a": 1}, "lo": {"a": -1}}),
+        msgpack.packb({"t": "hb", "v": {"a": 1}, "ret": "a"}),
+        msgpack.packb({**ev("a", 1), "a": 1}),
+        msgpack.packb({"t": "pull", "o": "a", "after": -1, "n": 5}),
+        msgpack.packb({"t": "pull", "o": "a", "after": 0, "n": 0}),
+        msgpack.packb({"t": "page", "o": "a", "after": 0, "n": 1, "to": 0, "lo": 1, "tp": "x"}),
+        msgpack.packb({"t": "ack", "o": "a", "s": "1"}),
+        msgpack.packb({"t": "members", "peers": {}, "gone": {"b": 1}}),
         msgpack.packb({"t": "hello", "node": 1}),
     ],
 )
@@ -70,37 +78,39 @@ class FakeHub:
 
 def test_replicator_delivers_in_order_holds_back_and_drops_duplicates():
     hub = FakeHub()
-    replicator = Replicator(hub.vector, hub.deliver, hub.skip, holdback_seconds=1)
+    replicator = Replicator(hub.vector, hub.deliver, hub.skip)
     for seq in [1, 3, 4, 2, 2, 1, 5]:
-        replicator.receive(ev("a", seq), now=0)
+        replicator.receive(ev("a", seq))
     assert hub.delivered == [("a", n) for n in range(1, 6)]
     assert replicator.duplicates == 2
     assert replicator.held == 0
     assert replicator.waiting() == 0
 
 
-def test_replicator_gives_up_a_gap_after_the_holdback():
+def test_replicator_never_gives_up_by_itself_and_skip_to_drains_what_waited():
     hub = FakeHub()
-    replicator = Replicator(hub.vector, hub.deliver, hub.skip, holdback_seconds=1)
-    replicator.receive(ev("a", 1), now=0)
-    replicator.receive(ev("a", 4), now=0)
-    replicator.expire(now=0.5)
+    replicator = Replicator(hub.vector, hub.deliver, hub.skip)
+    replicator.receive(ev("a", 1))
+    replicator.receive(ev("a", 4))
+    replicator.receive(ev("a", 6))
+    assert replicator.held_from() == {"a": 4}
     assert hub.skipped == []
-    replicator.expire(now=1.5)
+    replicator.skip_to("a", 3)
     assert hub.skipped == [("a", 3)]
     assert hub.delivered == [("a", 1), ("a", 4)]
-    replicator.gap_hint("b", 10, now=2)
-    replicator.expire(now=3.1)
-    assert hub.skipped[-1] == ("b", 10)
+    assert replicator.held_from() == {"a": 6}
+    replicator.receive(ev("a", 5))
+    assert hub.delivered[-2:] == [("a", 5), ("a", 6)]
+    assert replicator.held == 0
+    assert replicator.waiting() == 0
 
 
-def test_ranges_to_send():
-    own = {"a": 10, "b": 5, "c": 1}
-    assert ranges_to_send(own, {"a": 10, "b": 2}, {}, {}) == [("b", 2), ("c", 0)]
-    # in flight and the peer is making progress: nothing more to send yet
-    assert ranges_to_send({"a": 10}, {"a": 4}, {"a": 10}, {"a": 3}) == []
-    # no progress for a whole heartbeat although frames were sent: resend
-    assert ranges_to_send({"a": 10}, {"a": 4}, {"a": 10}, {"a": 4}) == [("a", 4)]
+def test_replicator_bounds_what_it_holds():
+    hub = FakeHub()
+    replicator = Replicator(hub.vector, hub.deliver, hub.skip, max_held=2)
+    for seq in (3, 4, 5):
+        replicator.receive(ev("a", seq))
+    assert (replicator.held, replicator.dropped) == (2, 1)
 
 
 def test_membership_learns_dials_and_backs_off():

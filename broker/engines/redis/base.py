@@ -21,6 +21,11 @@ from .address import RedisAddress
 from .cache import TopicCache
 
 BACKOFF_MIN_SECONDS: Final = 0.1
+#: The longest wait between two reconnection attempts to Redis, whatever
+#: ``backoff_max_seconds`` says: once Redis answers again, publishes work again within about
+#: this long (an attempt is one connection, cheap even from many nodes), instead of 503 for
+#: up to ``backoff_max_seconds`` more (issue 20 measured 1-7 s).
+RECONNECT_MAX_SECONDS: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)

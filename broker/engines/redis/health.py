@@ -3,10 +3,10 @@
 Any Redis error marks the engine *degraded*: every subscriber gets ``broker.degraded``
 (streams stay open with heartbeats), publishes and new streams are refused with ``503``.
 The supervisor drops every pooled connection (a hung server, or on Sentinel a demoted or
-unreachable primary, keeps them open), reconnects with jittered exponential backoff (on
-Sentinel, to whichever server the sentinels name now), subscribes to every tracked topic
-again and reads each stream from its last entry: the events missed meanwhile are
-delivered in order, once, then ``broker.recovered``.
+unreachable primary, keeps them open), reconnects with jittered exponential backoff of at
+most ``RECONNECT_MAX_SECONDS`` (on Sentinel, to whichever server the sentinels name now),
+subscribes to every tracked topic again and reads each stream from its last entry: the
+events missed meanwhile are delivered in order, once, then ``broker.recovered``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import random
 import trio
 
 from ...hub import Unavailable
-from .base import BACKOFF_MIN_SECONDS, EngineBase
+from .base import BACKOFF_MIN_SECONDS, RECONNECT_MAX_SECONDS, EngineBase
 from .connection import FAILURES, first_leaf, startup_error
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,9 @@ class Health(EngineBase):
             delay = self.backoff * random.uniform(0.5, 1.0)
             self.retry_at = trio.current_time() + delay
             await trio.sleep(delay)
-            self.backoff = min(self.backoff * 2, self.options.backoff_max_seconds)
+            self.backoff = min(
+                self.backoff * 2, self.options.backoff_max_seconds, RECONNECT_MAX_SECONDS
+            )
             self.reconnects += 1
 
     def _drop_connections(self) -> None:
