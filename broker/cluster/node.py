@@ -484,6 +484,11 @@ class Cluster:
         """Take origins no member uses any more out of the vector (bounded ids)."""
         hub = self.hub
         last_event = {o: hub.last_published_at(o) for o in hub.vector if o != hub.origin}
+        if hub.journal is not None:
+            # On a durable store an origin's events may be in the store only (a restart
+            # loads topics when asked): none held in memory is no age at all. Such an origin
+            # retires when a peer that knows its age says so (heartbeat "ret").
+            last_event = {o: at for o, at in last_event.items() if at is not None}
         for origin in self.membership.retirable(last_event, time.time()):
             self._retire_origin(origin, now)
         hub.retiring = self.membership.retiring()

@@ -143,7 +143,7 @@ class Hub(Publishing, Replicated, Subscriptions, Retention):
         self._accepted = dict(recovered.vector)
         self._seq = self._vector.get(self.origin, 0)
         self._index = self._delivered_index = recovered.index
-        self.retired = dict(recovered.retired)
+        self.cut_short = dict(recovered.retired)
         self.journal = journal
         self.engine = JournalEngine(self)
         self.synchronous = False

@@ -64,6 +64,7 @@ class MemoryEngine:
             start_at=start_at,
             floor=hub.floor,
             retired=self._retired_view(),
+            cut_short=hub.cut_short,
         )
 
     def _retired_view(self) -> dict[str, int]:

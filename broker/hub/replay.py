@@ -83,21 +83,22 @@ def plan_start(
     start_at: StartAt | None = None,
     floor: Mapping[str, int] | None = None,
     retired: Mapping[str, int] | None = None,
+    cut_short: Mapping[str, int] | None = None,
 ) -> StartPlan:
     """Plan the start of a stream over ``topics`` on a node at position ``vector``.
 
     ``floor`` holds, per origin, the seq up to which this node may lack events (it joined
     late or gave up on a gap): a resume from below it is not exact.
 
-    ``retired`` holds origins this node no longer mints or follows, with the last seq of
-    theirs that exists. Two kinds: an origin that left the vector (its node restarted with a
-    new origin or left the cluster, and its events left history: ``cluster/``), and the
-    origin of an epoch cut short by an operating-system crash (``engines/durable.py``),
-    which stays in the vector while its surviving events are in history. A client that saw
-    more of a retired origin than exists was told of events that are gone (reason ``lost``).
-    An id that does not name an origin that left the vector was issued after it left, so it
-    is read as having seen all of it; either way the topics' eviction marks decide whether
-    the resume is exact.
+    ``retired`` holds origins that left the vector (their node restarted with a new origin
+    or left the cluster, and their events left history), with their last seq. An id that
+    names one is read at ``min(its seq, last seq)``; an id that does not name one (every id
+    issued after it retired) is read as having seen all of it. Either way the topics'
+    eviction marks decide whether the resume is exact.
+
+    ``cut_short`` holds the origins of epochs an operating-system crash cut short
+    (``engines/durable.py``), at the last seq that survived: a client past that saw events
+    that are gone (reset reason ``lost``).
     """
     retained = sorted(
         {
@@ -143,11 +144,11 @@ def plan_start(
     known = {o: min(s, vector[o]) for o, s in requested.items() if o in vector}
     retired = retired or {}
     for origin, last in retired.items():
-        if origin not in vector:  # it left the ids: one that does not name it came after
-            known[origin] = min(requested.get(origin, last), last)
+        known[origin] = min(requested.get(origin, last), last)
     # An origin this node never heard of is harmless if the client saw none of its events.
     unknown = any(s > 0 for o, s in requested.items() if o not in vector and o not in retired)
-    lost = any(s > retired[o] for o, s in requested.items() if o in retired)
+    cut_short = cut_short or {}
+    lost = any(s > cut_short[o] for o, s in requested.items() if o in cut_short)
     exact = not unknown and not lost and all(known.get(o, 0) >= f for o, f in (floor or {}).items())
     missed = []
     for topic in topics:

@@ -161,10 +161,11 @@ class HubBase:
         self._logs: dict[str, deque[Event]] = {}
         #: Per origin, events up to this seq may be missing here (joined late, gave up).
         self.floor: dict[str, int] = {}
-        #: Origins this node no longer mints or follows, with the last seq of theirs that
-        #: exists (``replay.plan_start``): origins that left the vector (replication.py,
-        #: bounded), and an epoch cut short by an operating-system crash (durable.py).
+        #: Origins that left the vector, with their last seq (replication.py, bounded).
         self.retired: dict[str, int] = {}
+        #: Origins this node used before an operating-system crash, at the last seq that
+        #: survived it (durable.py): a client past that saw events that are gone.
+        self.cut_short: dict[str, int] = {}
         #: Origins about to retire: an id that does not name one has seen all of it.
         self.retiring: set[str] = set()
         self._progress = trio.Event()
