@@ -262,7 +262,7 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
         "connections_closed_for_room": server.dataplane.statistics().closed_for_room,
     }
     if server.cluster is not None:
-        stats["cluster"] = server.cluster.statistics()
+        stats["cluster"] = asdict(server.cluster.statistics())
     if server.store is not None:
         stats["cluster"] = asdict(server.store.statistics())
     journal = server.hub.journal

@@ -121,6 +121,8 @@ class PeerLink:
         self.decoder = decoder
         self._send, self._receive = trio.open_memory_channel[bytes](queue_frames)
         self._cancel = trio.CancelScope()
+        #: Set once the writer has ended: its queue written out, or the link broken.
+        self._flushed = trio.Event()
         self.closed_by_us = False
         self.frames_in = 0
         self.frames_out = 0
@@ -143,6 +145,15 @@ class PeerLink:
             self.dropped += 1
             return False
         return True
+
+    def finish(self, frame: bytes) -> None:
+        """Queue ``frame`` as the last one: the writer sends what is queued, then ends."""
+        self.send_nowait(frame)
+        self._send.close()
+
+    async def wait_flushed(self) -> None:
+        """Return once the writer has written everything queued (or the link broke)."""
+        await self._flushed.wait()
 
     def close(self) -> None:
         """End the link (idempotent); :meth:`run` then raises :class:`LinkClosed`."""
@@ -170,6 +181,7 @@ class PeerLink:
                     nursery.cancel_scope.cancel()
         finally:
             self._send.close()
+            self._flushed.set()
             with trio.move_on_after(0.5, shield=True):
                 await trio.aclose_forcefully(self.stream)
         if failure:
@@ -201,6 +213,12 @@ class PeerLink:
                 on_frame(self, frame)
 
     async def _writer_task(self, failure: list[LinkBroken], scope: trio.CancelScope) -> None:
+        try:
+            await self._write_all(failure, scope)
+        finally:
+            self._flushed.set()
+
+    async def _write_all(self, failure: list[LinkBroken], scope: trio.CancelScope) -> None:
         receive = self._receive
         async for first in receive:
             batch = [first]

@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -43,6 +43,9 @@ from .replication import Replicator
 from .tls import PeerTls, peer_tls
 
 log = logging.getLogger(__name__)
+
+#: Longest a shutdown waits for the links to write their queues and "bye".
+GOODBYE_SECONDS: Final = 0.5
 
 #: Most events one ``pull`` is answered with, whatever it asks for.
 MAX_PAGE_EVENTS = 5000
@@ -512,26 +515,26 @@ class Cluster:
     def heal(self, node: str) -> None:
         self.isolated.discard(node)
 
-    def statistics(self) -> dict[str, Any]:
-        """The cluster part of ``/stats``."""
+    def statistics(self) -> ClusterStatistics:
+        """The cluster part of ``/stats``, ``/metrics`` and the admin API."""
         now = trio.current_time()
         peers = []
         for member in self.membership.members.values():
             link = self.links.get(member.node)
-            entry: dict[str, Any] = {
-                "node": member.node,
-                "addr": member.addr,
-                "state": "up" if link is not None else "down",
-                "last_seen_seconds_ago": round(now - member.last_seen, 3)
-                if member.last_seen
-                else None,
-            }
-            if link is not None:
-                lag = sum(
-                    max(0, seq - link.peer_vector.get(origin, 0))
-                    for origin, seq in self.hub.vector.items()
-                )
-                entry.update(
+            seen = round(now - member.last_seen, 3) if member.last_seen else None
+            if link is None:
+                peers.append(PeerStatistics(member.node, member.addr, "down", seen))
+                continue
+            lag = sum(
+                max(0, seq - link.peer_vector.get(origin, 0))
+                for origin, seq in self.hub.vector.items()
+            )
+            peers.append(
+                PeerStatistics(
+                    member.node,
+                    member.addr,
+                    "up",
+                    seen,
                     origin=link.peer.origin,
                     send_queue=link.queued,
                     frames_in=link.frames_in,
@@ -539,31 +542,81 @@ class Cluster:
                     dropped_frames=link.dropped,
                     lag_events=lag,
                 )
-            peers.append(entry)
-        return {
-            "node": self.options.node_id,
-            "peer_addr": self.addr,
-            "peers": sorted(peers, key=lambda p: p["node"]),
-            "replicated_in": self.hub.replicated_in,
-            "replicated_out": self.replicated_out,
-            "held_back": self.replicator.held,
-            "catchup": {
-                "pulling": self.catchup.active(),
-                "pulls": self.catchup.pulls,
-                "pages": self.catchup.pages,
-                "stalls": self.catchup.stalls,
-                "gaps": self.catchup.gaps,
-            },
-            "duplicates": self.replicator.duplicates,
-            "lost": self.hub.lost,
-            "rejected_links": self.rejected_links,
-            "links_opened": self.links_opened,
-            "removed_members": self.membership.removed,
-            "pauses": self.membership.pauses,
-            "retired_origins": len(self.hub.retired),
-            "ack": self.default_ack,
-            "not_replicated": self.not_replicated,
-        }
+            )
+        catchup = self.catchup
+        return ClusterStatistics(
+            node=self.options.node_id,
+            peer_addr=self.addr,
+            peers=tuple(sorted(peers, key=lambda p: p.node)),
+            replicated_in=self.hub.replicated_in,
+            replicated_out=self.replicated_out,
+            held_back=self.replicator.held,
+            catchup=CatchupStatistics(
+                pulling=tuple(catchup.active()),
+                pulls=catchup.pulls,
+                pages=catchup.pages,
+                stalls=catchup.stalls,
+                gaps=catchup.gaps,
+            ),
+            duplicates=self.replicator.duplicates,
+            lost=self.hub.lost,
+            rejected_links=self.rejected_links,
+            links_opened=self.links_opened,
+            removed_members=self.membership.removed,
+            pauses=self.membership.pauses,
+            retired_origins=len(self.hub.retired),
+            ack=self.default_ack,
+            not_replicated=self.not_replicated,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatistics:
+    """One member as this node sees it; the link's figures only while it is up."""
+
+    node: str
+    addr: str
+    state: str
+    last_seen_seconds_ago: float | None
+    origin: str | None = None
+    send_queue: int | None = None
+    frames_in: int | None = None
+    frames_out: int | None = None
+    dropped_frames: int | None = None
+    lag_events: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupStatistics:
+    """Pull-based catch-up (``catchup.py``): origins being pulled, and what it did."""
+
+    pulling: tuple[str, ...]
+    pulls: int
+    pages: int
+    stalls: int
+    gaps: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatistics:
+    """A snapshot of this node's part of the mesh."""
+
+    node: str
+    peer_addr: str
+    peers: tuple[PeerStatistics, ...]
+    replicated_in: int
+    replicated_out: int
+    held_back: int
+    catchup: CatchupStatistics
+    duplicates: int
+    lost: int
+    rejected_links: int
+    links_opened: int
+    removed_members: int
+    pauses: int
+    retired_origins: int
+    ack: str
+    not_replicated: int
 
 
 @asynccontextmanager
@@ -592,11 +645,16 @@ async def open_cluster(hub: Hub, options: ClusterOptions) -> AsyncIterator[Clust
             try:
                 yield cluster
             finally:
+                # Each link sends what it has queued and then "bye", so peers mark this node
+                # gone at once instead of after a silence; bounded, so a stuck peer cannot
+                # hold up the shutdown.
                 bye = frames.encode({"t": "bye"})
-                for link in list(cluster.links.values()):
-                    link.send_nowait(bye)
-                with trio.CancelScope(shield=True):
-                    await trio.sleep(0.05)  # let the writers flush the goodbyes
+                links = list(cluster.links.values())
+                for link in links:
+                    link.finish(bye)
+                with trio.move_on_after(GOODBYE_SECONDS, shield=True):
+                    for link in links:
+                        await link.wait_flushed()
                 nursery.cancel_scope.cancel()
     finally:
         hub.acknowledger = None

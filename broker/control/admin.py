@@ -287,12 +287,12 @@ class AdminView:
             info = server.cluster.statistics()
             answer.update(
                 engine="mesh",
-                node=info["node"],
-                nodes=info["peers"],
-                replicated_in=info["replicated_in"],
-                replicated_out=info["replicated_out"],
-                held_back=info["held_back"],
-                lost=info["lost"],
+                node=info.node,
+                nodes=[asdict(peer) for peer in info.peers],
+                replicated_in=info.replicated_in,
+                replicated_out=info.replicated_out,
+                held_back=info.held_back,
+                lost=info.lost,
             )
         if server.store is not None:
             answer.update(engine="redis", store=asdict(server.store.statistics()))

@@ -154,28 +154,28 @@ class BrokerCollector(Collector):
                 "Publish at the peer to delivery here, of the last event replicated from it",
                 labels=["peer"],
             )
-            for peer in info["peers"]:
-                up.add_metric([peer["node"]], 1 if peer["state"] == "up" else 0)
-                if "lag_events" in peer:
-                    lag.add_metric([peer["node"]], peer["lag_events"])
-                seconds = hub.replication_delay.get(peer.get("origin", ""))
+            for peer in info.peers:
+                up.add_metric([peer.node], 1 if peer.state == "up" else 0)
+                if peer.lag_events is not None:
+                    lag.add_metric([peer.node], peer.lag_events)
+                seconds = hub.replication_delay.get(peer.origin or "")
                 if seconds is not None:
-                    delay.add_metric([peer["node"]], max(0.0, seconds))
+                    delay.add_metric([peer.node], max(0.0, seconds))
             yield up
             yield lag
             yield delay
             yield CounterMetricFamily(
-                "broker_replicated_in", "Events received from peers", info["replicated_in"]
+                "broker_replicated_in", "Events received from peers", info.replicated_in
             )
             yield CounterMetricFamily(
-                "broker_replicated_out", "Events sent to peers", info["replicated_out"]
+                "broker_replicated_out", "Events sent to peers", info.replicated_out
             )
-            yield CounterMetricFamily("broker_events_lost", "Events given up as lost", info["lost"])
-            catchup = info["catchup"]
+            yield CounterMetricFamily("broker_events_lost", "Events given up as lost", info.lost)
+            catchup = info.catchup
             yield GaugeMetricFamily(
                 "broker_catchup_origins",
                 "Origins being pulled from a peer",
-                len(catchup["pulling"]),
+                len(catchup.pulling),
             )
             for name, help_text, key in (
                 ("broker_catchup_pages", "Catch-up pages answered by peers", "pages"),
@@ -186,16 +186,16 @@ class BrokerCollector(Collector):
                     "gaps",
                 ),
             ):
-                yield CounterMetricFamily(name, help_text, catchup[key])
+                yield CounterMetricFamily(name, help_text, getattr(catchup, key))
             yield CounterMetricFamily(
                 "broker_publishes_not_replicated",
                 "Publishes with ack=replicated answered 503 not_replicated",
-                info["not_replicated"],
+                info.not_replicated,
             )
             yield GaugeMetricFamily(
                 "broker_retired_origins",
                 "Origins retired from this node's ids",
-                info["retired_origins"],
+                info.retired_origins,
             )
 
         store = server.store

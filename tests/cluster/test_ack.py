@@ -67,7 +67,7 @@ async def test_replicated_by_config_refuses_when_too_few_peers_and_stores_nothin
                     )
                     for sample in family.samples
                 }
-            assert a.cluster.statistics()["not_replicated"] == 1
+            assert a.cluster.statistics().not_replicated == 1
             assert metrics["broker_publishes_not_replicated_total"] == 1
             assert metrics["broker_catchup_gaps_total"] == 0
             assert metrics["broker_retired_origins"] == 0

@@ -67,10 +67,10 @@ async def test_node_restarted_15000_behind_while_publishing_goes_on_converges_wi
             print(
                 f"\ncatch-up: {BACKLOG} events in {elapsed:.2f} s = {BACKLOG / elapsed:.0f} "
                 f"events/s while {len(published)} more were published; total {total}; "
-                f"duplicates {stats['duplicates']}, catch-up {stats['catchup']}"
+                f"duplicates {stats.duplicates}, catch-up {stats.catchup}"
             )
             assert b2.hub.lost == 0
-            assert stats["catchup"]["gaps"] == 0
+            assert stats.catchup.gaps == 0
             log = b2.hub._logs[origin]
             assert [e.seq for e in log] == list(range(1, total + 1))  # every one, in order
             assert [e.data for e in log if e.data != "live"] == [str(n) for n in range(BACKLOG)]

@@ -67,8 +67,8 @@ async def test_publish_on_one_node_reaches_every_node_once_in_order():
             # one origin, every event pushed once on each link, nothing pulled twice
             for node in (a, b, c):
                 stats = node.cluster.statistics()
-                assert stats["duplicates"] == 0, stats
-                assert stats["lost"] == 0, stats
+                assert stats.duplicates == 0, stats
+                assert stats.lost == 0, stats
             nursery.cancel_scope.cancel()
 
 

@@ -34,7 +34,7 @@ def client_context(ca_file, cert=None):
 
 
 async def wait_rejected(server, count):
-    while server.cluster.statistics()["rejected_links"] < count:
+    while server.cluster.statistics().rejected_links < count:
         await trio.sleep(0.01)
 
 
