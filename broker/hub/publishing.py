@@ -1,6 +1,6 @@
 """Publishing and delivery on this node: events in, fan-out to subscribers.
 
-See ``hub.py`` for the theory: :meth:`~Publishing.publish_nowait` is the hot path,
+See ``facade.py`` for the theory: :meth:`~Publishing.publish_nowait` is the hot path,
 synchronous and without a checkpoint; :meth:`~Publishing.deliver_stored` and
 :meth:`~Publishing.notify` are how a :class:`~broker.hub.engine.Store` delivers what it reads.
 """

@@ -1,8 +1,8 @@
 """What every part of the hub shares: its options, state and counters, and its topics.
 
 :class:`HubBase` holds the hub's state; each concept adds its methods in a module of its
-own (``publishing.py``, ``replicated.py``, ``subscriptions.py``, ``retention.py``) and
-``hub.py`` joins them into :class:`~broker.hub.Hub`, with its lifetime. The methods one
+own (``publishing.py``, ``replication.py``, ``subscriptions.py``, ``retention.py``) and
+``facade.py`` joins them into :class:`~broker.hub.Hub`, with its lifetime. The methods one
 concept calls on another are declared here, with the module that has them.
 """
 
@@ -97,15 +97,15 @@ class _Topic:
 
 
 class HubBase:
-    """The hub's state. How its parts fit: ``hub.py``; its arguments: :class:`~broker.hub.Hub`."""
+    """The hub's state. How its parts fit: ``facade.py``; arguments: :class:`~broker.hub.Hub`."""
 
     # Provided by the concept modules and used across them:
     _deliver: Callable[[Event], None]  # publishing.py: history, logs, fan-out of an event
     _end_topic: Callable[..., None]  # retention.py: a final event ends its topic's streams
     remove_topics: Callable[[Subscriber, Iterable[str]], None]  # subscriptions.py
-    behind: Callable[[str | None], bool]  # replicated.py: the client saw more than we have
-    wait_caught_up: Callable[[str, float], Awaitable[bool]]  # replicated.py
-    _shutdown_notice: Callable[[Subscriber], bytes]  # hub.py: broker.shutdown + goodbye
+    behind: Callable[[str | None], bool]  # replication.py: the client saw more than we have
+    wait_caught_up: Callable[[str, float], Awaitable[bool]]  # replication.py
+    _shutdown_notice: Callable[[Subscriber], bytes]  # facade.py: broker.shutdown + goodbye
     publish_nowait: Callable[..., Event]  # publishing.py: the memory engine's append
     publish_batch_nowait: Callable[[Iterable[PublishItem]], list[Event]]  # publishing.py
     load_topics: Callable[[Iterable[str]], Awaitable[None]]  # retention.py (journal)
@@ -135,7 +135,7 @@ class HubBase:
         self.journal: Journal | None = None
         #: Topics whose final event is accepted but not yet delivered (journal).
         self._closing: set[str] = set()
-        #: Topic expiry (journal): the current round, bumped by hub.py's expiry task.
+        #: Topic expiry (journal): the current round, bumped by facade.py's expiry task.
         self.round = 0
         #: The index of the last event delivered (journal: ``_index`` runs ahead).
         self._delivered_index = 0
@@ -184,7 +184,7 @@ class HubBase:
         self.faults = Faults()
         #: The mesh cluster's replicated acknowledgement, or ``None`` (single node, Redis).
         self.acknowledger: Acknowledger | None = None
-        #: Coalescing (hub.py's flusher task): topics published since it last ran, and the
+        #: Coalescing (facade.py's flusher task): topics published since it last ran, and the
         #: subscribers whose direct writes wait for it.
         self._coalescing = False
         self._flusher = trio.lowlevel.ParkingLot()

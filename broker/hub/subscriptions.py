@@ -1,6 +1,6 @@
 """Subscriptions: getting a stream ready, registering it, changing its topics.
 
-See ``hub.py`` for the theory: :meth:`~Subscriptions.subscribe` plans the replay and
+See ``facade.py`` for the theory: :meth:`~Subscriptions.subscribe` plans the replay and
 registers the subscriber in one synchronous step, so nothing falls between replay and live.
 """
 

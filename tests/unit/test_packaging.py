@@ -49,9 +49,18 @@ def test_the_npm_package_carries_the_client(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_wheel_carries_the_client_and_the_static_files(tmp_path: Path) -> None:
+    # Built from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "node_modules", "build", "*.egg-info", "data", "data-*", "results"
+        ),
+    )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+         "-w", str(tmp_path), str(source)],
         check=True,
         timeout=300,
         capture_output=True,
