@@ -68,7 +68,6 @@ from .routes import Route, match
 from .session import (
     Answer,
     Streams,
-    StreamTransport,
     degraded_notice,
     open_stream,
     publish,
@@ -125,6 +124,15 @@ class _Outcome(NamedTuple):
     cors: Headers | None = None
     #: NEXT: seconds to wait before reading the next request (a rate-limited client).
     hold: float = 0.0
+
+
+class _Stream(NamedTuple):
+    """A request that becomes a stream, handed out of the request loop to be served."""
+
+    transport: RawSseTransport | WebSocketTransport
+    route: Route
+    headers: dict[str, str]
+    remote: str
 
 
 _NEXT: Final = _Outcome(_After.NEXT)
@@ -300,9 +308,25 @@ class DataPlane:
         """
         idle = trio.CancelScope()
         try:
-            return await self._serve_in(idle, stream, peer, admitted, accepted, fault)
+            served = await self._serve_in(idle, stream, peer, admitted, accepted, fault)
         finally:
             self._shed.discard(idle)  # make_room may come too late to stop it
+        if isinstance(served, bool):
+            return served
+        # The stream runs here, after the request loop's frame (its parser, buffer and
+        # request) is gone: an idle stream keeps only what it needs (~0.6 KiB less each).
+        transport = served.transport
+        fault.where = transport.kind
+        self._streaming += 1
+        try:
+            await open_stream(
+                self.streams, transport, served.route, served.headers, peer=peer,
+                remote=served.remote,
+            )  # fmt: skip
+        finally:
+            self._streaming -= 1
+            fault.answered = transport.answered  # a fault after this gets no 500
+        return False
 
     async def _serve_in(
         self,
@@ -312,7 +336,8 @@ class DataPlane:
         admitted: bool,
         accepted: float,
         fault: Fault,
-    ) -> bool:
+    ) -> bool | _Stream:
+        """The request loop: ``True`` if handed off, ``False`` if done, or a stream to serve."""
         limits = self.limits
         connection = HttpConnection(stream, max_head_bytes=limits.max_head_bytes)
         # One scope for the connection's requests, cancelled by sweep_idle, close_idle or
@@ -380,7 +405,7 @@ class DataPlane:
             return True
         route, cors = outcome.route, outcome.cors or []
         assert route is not None
-        transport: StreamTransport
+        transport: RawSseTransport | WebSocketTransport
         if route.kind == "sse":
             connection.finish_bodyless(request)
             transport = RawSseTransport(stream, route, cors, head_only=request.method == "HEAD")
@@ -395,21 +420,7 @@ class DataPlane:
                 options=self.ws_options,
                 peer=peer,
             )
-        fault.where = transport.kind
-        self._streaming += 1
-        try:
-            await open_stream(
-                self.streams,
-                transport,
-                route,
-                request.headers,
-                peer=peer,
-                remote=_peer_address(stream.socket),
-            )
-        finally:
-            self._streaming -= 1
-            fault.answered = transport.answered  # a fault after this gets no 500
-        return False
+        return _Stream(transport, route, request.headers, _peer_address(stream.socket))
 
     async def _cancelled(
         self,

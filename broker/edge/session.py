@@ -240,6 +240,8 @@ async def open_stream(
             subscriber.cork()
             if first:
                 subscriber.send_control(first)
+            # This frame lives as long as the stream: drop what only the start needed.
+            del first, headers
             with hub.subscribe(subscriber, route.topics, resume_from=resume_from, start_at=start):
                 subscriber.uncork()
                 if identity.expires is None:  # no cancel scope held by an idle stream
