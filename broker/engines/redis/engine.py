@@ -14,7 +14,8 @@ Theory of operation, one module per part (each docstring has the details):
   entry becomes one :class:`~broker.hub.events.Event` for :meth:`Hub.deliver_stored`.
 * **Failure** (``health.py``): any Redis error marks the engine degraded (``503``,
   ``broker.degraded``); the supervisor reconnects with backoff, catches every tracked
-  topic up from its last entry, then says ``broker.recovered``.
+  topic up from its last entry, then says ``broker.recovered``. On Redis Cluster only
+  the topics of the master that failed are (``shards.py``).
 * **Connecting** (``connection.py``): single server, Redis Cluster or Sentinel, TLS.
 
 :class:`RedisEngine` joins the parts over the state of ``base.py``. Every task runs in

@@ -96,6 +96,8 @@ class Health(EngineBase):
                 failure = first_leaf(group)
             # A connection closed under us while we are being cancelled is no failure.
             live = trio.current_effective_deadline() != -math.inf
+            if failure is not None and live:
+                self.failures += 1
             if live and self.shards is not None and self._started:
                 if not await self._probe_shards() and failure is not None:
                     self._degrade(failure)  # every master answers: not one shard's failure
