@@ -35,9 +35,17 @@ async def test_master_killed_and_restarted_mid_stream(redis_cluster: RedisCluste
     await scenarios.outage(redis_cluster.url, key_prefix, kill=master.kill, restart=restart)
 
 
-async def test_one_master_down_refuses_only_its_topics(redis_cluster: RedisCluster, key_prefix):
-    """Issue 20: a shard down makes only its topics answer 503; the others go on."""
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+async def test_one_master_down_refuses_only_its_topics(
+    redis_cluster: RedisCluster, key_prefix, fault
+):
+    """Issue 20: a shard down makes only its topics answer 503; the others go on.
+
+    ``killed``: SIGKILL, then a restart from its AOF; ``hung``: SIGSTOP (its connections
+    stay open, calls time out), then SIGCONT.
+    """
     dead = redis_cluster.node_for("o")
+    stop, go_on = (dead.kill, dead.start) if fault == "killed" else (dead.pause, dead.resume)
     live = next(f"x{i}" for i in range(100) if redis_cluster.node_for(f"x{i}") is not dead)
     fresh = next(f"y{i}" for i in range(100) if redis_cluster.node_for(f"y{i}") is not dead)
     with trio.fail_after(30):
@@ -54,7 +62,7 @@ async def test_one_master_down_refuses_only_its_topics(redis_cluster: RedisClust
             assert [e.json() for e in await scenarios.collect(on_dead, 1)] == [0]
             assert [e.json() for e in await scenarios.collect(on_live, 1)] == [0]
 
-            await trio.to_thread.run_sync(dead.kill)
+            await trio.to_thread.run_sync(stop)
             killed = trio.current_time()
             answer = await scenarios.post(node.url, "o", 1, expect=503)
             assert answer.json()["code"] == "store_unavailable"
@@ -62,9 +70,15 @@ async def test_one_master_down_refuses_only_its_topics(redis_cluster: RedisClust
             notice, _ = await scenarios.until(on_dead, "broker.degraded")
             assert notice.json()["shard"] == f"127.0.0.1:{dead.port}"
             # The other shards: publishes accepted and delivered, new streams start.
+            marked = trio.current_time()
             for n in range(1, 6):
                 await scenarios.post(node.url, live, n)
+            accepted = trio.current_time()
             assert [e.json() for e in await scenarios.collect(on_live, 5)] == [1, 2, 3, 4, 5]
+            print(
+                f"{fault}: 5 live publishes took {accepted - marked:.2f} s, "
+                f"delivered {trio.current_time() - marked:.2f} s after the first"
+            )
             on_fresh = await open_sse(node.url, f"/topics/{fresh}/events")
             await scenarios.started(on_fresh)
             await scenarios.post(node.url, fresh, "f")
@@ -78,10 +92,10 @@ async def test_one_master_down_refuses_only_its_topics(redis_cluster: RedisClust
             await scenarios.post(node.url, "o", 2, expect=503)
             assert node.store is not None
             assert node.store.healthy  # not the whole engine
-            print(f"live shard served {trio.current_time() - killed:.2f} s after the kill")
+            print(f"{fault}: live shard served {trio.current_time() - killed:.2f} s after")
 
             def restart() -> None:
-                dead.start()
+                go_on()
                 redis_cluster.wait_ok()
 
             await trio.to_thread.run_sync(restart)
@@ -91,11 +105,15 @@ async def test_one_master_down_refuses_only_its_topics(redis_cluster: RedisClust
                     while (await client.post("/topics/o", json=3)).status_code != 202:
                         await trio.sleep(0.05)
             took = trio.current_time() - back
-            await scenarios.until(on_dead, "broker.recovered")
-            assert [e.json() for e in await scenarios.collect(on_dead, 1)] == [3]
+            _recovered, caught_up = await scenarios.until(on_dead, "broker.recovered")
+            received = [e.json() for e in caught_up]
+            while 3 not in received:
+                received += [e.json() for e in await scenarios.collect(on_dead, 1)]
+            # A hung master may still run the publish that timed out once it goes on.
+            assert received == [3] or (fault == "hung" and received == [1, 3]), received
             await scenarios.post(node.url, live, 6)
             assert [e.json() for e in await scenarios.collect(on_live, 1)] == [6]
-            print(f"dead shard's topic published again {took:.2f} s after the restart")
+            print(f"{fault}: its topic published again {took:.2f} s after it was back")
             for stream in (on_dead, on_live, on_fresh):
                 await stream.aclose()
             nursery.cancel_scope.cancel()

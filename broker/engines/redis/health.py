@@ -117,11 +117,13 @@ class Health(EngineBase):
             self.reconnects += 1
 
     async def _probe_shards(self) -> bool:
-        """Ping every master: mark down those that do not answer, up those that do.
+        """Ping every master that is up: mark down those that do not answer.
 
-        Returns whether any master is down now.
+        Returns whether any master is down now. (Those already down are pinged by
+        :meth:`_watch_shards_task`.)
         """
         assert self.shards is not None
+        down = self.shards.down
         nodes = [n.name for n in self.client.connection_pool.cluster_layout.primaries]
         answered: dict[str, bool] = {}
 
@@ -130,15 +132,12 @@ class Health(EngineBase):
 
         async with trio.open_nursery() as nursery:
             for node in nodes:
-                nursery.start_soon(probe, node)
-        back = set()
+                if node not in down:
+                    nursery.start_soon(probe, node)
         for node, ok in answered.items():
             if not ok:
                 self._shard_down(node, None)
-            elif self.shards.mark_up(node):
-                back.add(node)
-        self._recovering = self._recovering | back
-        return bool(self.shards.down)
+        return bool(down)
 
     async def _answers(self, node: str) -> bool:
         """Whether the master ``node`` (``host:port``) answers a ``PING`` now."""
@@ -166,12 +165,17 @@ class Health(EngineBase):
         return answered
 
     async def _watch_shards_task(self) -> None:
-        """While masters are down, ping them; end the session when one answers again."""
+        """While masters are down, ping them; when one answers, mark it up, end the session."""
         assert self.shards is not None
         while True:
             await trio.sleep(RECONNECT_MAX_SECONDS)
             for node in list(self.shards.down):
                 if await self._answers(node):
+                    # Publishes to it go on now; new streams wait for the next session,
+                    # whose pub/sub has a connection to it (this one has none).
+                    self._pubsub = None
+                    self.shards.mark_up(node)
+                    self._recovering = self._recovering | {node}
                     self._trouble.set()
                     return
 
