@@ -92,6 +92,7 @@ async def test_one_master_down_refuses_only_its_topics(
             await scenarios.post(node.url, "o", 2, expect=503)
             assert node.store is not None
             assert node.store.healthy  # not the whole engine
+            assert node.store.statistics().shards_down == (f"127.0.0.1:{dead.port}",)
             print(f"{fault}: live shard served {trio.current_time() - killed:.2f} s after")
 
             def restart() -> None:
@@ -111,6 +112,7 @@ async def test_one_master_down_refuses_only_its_topics(
                 received += [e.json() for e in await scenarios.collect(on_dead, 1)]
             # A hung master may still run the publish that timed out once it goes on.
             assert received == [3] or (fault == "hung" and received == [1, 3]), received
+            assert node.store.statistics().shards_down == ()
             await scenarios.post(node.url, live, 6)
             assert [e.json() for e in await scenarios.collect(on_live, 1)] == [6]
             print(f"{fault}: its topic published again {took:.2f} s after it was back")

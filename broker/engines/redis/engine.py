@@ -73,6 +73,7 @@ class RedisEngine(Publishing, Starting, Following, Health):
             resets=self.resets,
             failures=self.failures,
             last_commit_seconds=round(last, 6) if last is not None else None,
+            shards_down=tuple(sorted(self.shards.down)) if self.shards is not None else (),
         )
 
 
@@ -95,6 +96,8 @@ class RedisStatistics:
     resets: int
     failures: int
     last_commit_seconds: float | None
+    #: Redis Cluster masters (``host:port``) that are down: their topics get ``503``.
+    shards_down: tuple[str, ...] = ()
     engine: str = "redis"
 
 
