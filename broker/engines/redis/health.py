@@ -169,8 +169,12 @@ class Health(EngineBase):
         assert self.shards is not None
         while True:
             await trio.sleep(RECONNECT_MAX_SECONDS)
+            layout = self.client.connection_pool.cluster_layout
             for node in list(self.shards.down):
-                if await self._answers(node):
+                # A master no longer in the slot map (failed over to a replica, which the
+                # client found) is nothing to wait for: its slots have a new owner.
+                gone = all(n.name != node for n in layout.primaries)
+                if gone or await self._answers(node):
                     # Publishes to it go on now; new streams wait for the next session,
                     # whose pub/sub has a connection to it (this one has none).
                     self._pubsub = None

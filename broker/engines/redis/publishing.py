@@ -51,7 +51,6 @@ class Publishing(EngineBase):
                 f"this one names {len(topics)} topics"
             )
         self._check(topics)
-        shard_key = self._stream(topics[0]) if self.clustered and topics else None
         keys, args, order = entries.publish_arguments(
             self.options.key_prefix,
             self.options.history_size,
@@ -76,10 +75,10 @@ class Publishing(EngineBase):
             if entries.CLOSED_ERROR in message:
                 index = int(message.rsplit(" ", 1)[-1]) - 1
                 raise TopicClosed(f"topic {order[index]!r} was closed by a final event") from None
-            self._failed(exc, shard_key)
+            self._failed(exc, self._stream(topics[0]) if self.clustered and topics else None)
             raise self._unavailable() from None
         except FAILURES as exc:
-            self._failed(exc, shard_key)
+            self._failed(exc, self._stream(topics[0]) if self.clustered and topics else None)
             raise self._unavailable() from None
         self.appends += 1
         self.last_commit_seconds = trio.current_time() - started
