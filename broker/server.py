@@ -267,7 +267,7 @@ def _connection_stats(server: RunningServer) -> dict[str, Any]:
         stats["cluster"] = asdict(server.store.statistics())
     journal = server.hub.journal
     if journal is not None:
-        stats["storage"] = asdict(journal.statistics())  # type: ignore[attr-defined]
+        stats["storage"] = asdict(journal.statistics())
     return stats
 
 

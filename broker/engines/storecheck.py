@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import lmdb
 import msgpack
@@ -72,13 +74,13 @@ def salvage(src: str, dst: str, batch: int = 1000) -> int:
     with source.begin() as read:
         names = [key for key, _ in read.cursor()]
 
-        def records(name: bytes):  # type: ignore[no-untyped-def]
+        def records(name: bytes) -> Iterator[tuple[bytes, bytes]]:
             if name not in names:
                 return
             db = source.open_db(name, txn=read, create=False)
             yield from read.cursor(db)
 
-        pending = []
+        pending: list[tuple[bytes, bytes, bytes, bytes]] = []
         for key, value in records(b"events"):
             try:
                 record = msgpack.unpackb(value)
@@ -114,7 +116,13 @@ def salvage(src: str, dst: str, batch: int = 1000) -> int:
     return copied
 
 
-def _copy(target, tables, pending, vector, last_index) -> int:  # type: ignore[no-untyped-def]
+def _copy(
+    target: Any,
+    tables: dict[bytes, Any],
+    pending: list[tuple[bytes, bytes, bytes, bytes]],
+    vector: dict[str, int],
+    last_index: int,
+) -> int:
     with target.begin(write=True) as write:
         for key, value, topic, entry in pending:
             write.put(key, value, db=tables[b"events"])

@@ -243,6 +243,13 @@ class Journal(Protocol):
 
     #: Why the store cannot write right now (``/readyz``), or ``None``.
     problem: str | None
+    #: What the start found: ``origin``, ``index``, ``vector`` and ``retired`` (the last
+    #: seq of an epoch an operating-system crash cut short), as ``durable.Recovered``.
+    recovered: Any
+
+    def statistics(self) -> Any:
+        """A frozen record for ``/stats`` (``durable.JournalStatistics``)."""
+        ...
 
     def attach(self, hub: Any) -> None:
         """The hub to call back."""

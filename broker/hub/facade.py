@@ -137,7 +137,7 @@ class Hub(Publishing, Replicated, Subscriptions, Retention):
 
     def attach_journal(self, journal: Journal) -> None:
         """Go on from what the journal recovered: origin, position vector, index."""
-        recovered = journal.recovered  # type: ignore[attr-defined]
+        recovered = journal.recovered
         self.origin = recovered.origin
         self._vector = dict(recovered.vector)
         self._accepted = dict(recovered.vector)
