@@ -237,6 +237,11 @@ def _store_metrics(info: RedisStatistics, commits: LatencyHistogram) -> Iterator
         "Topics this node follows in the store",
         info.tracked_topics,
     )
+    yield GaugeMetricFamily(
+        "broker_store_shards_down",
+        "Redis Cluster masters that are down (their topics are refused)",
+        len(info.shards_down),
+    )
     for name, documentation, key in STORE_COUNTERS:
         yield CounterMetricFamily(name, documentation, getattr(info, key))
     yield _waits(

@@ -8,7 +8,7 @@ calls on another are declared here, with the module that has them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -19,6 +19,7 @@ from ...hub.latency import LatencyHistogram
 from . import entries
 from .address import RedisAddress
 from .cache import TopicCache
+from .shards import ShardHealth
 
 BACKOFF_MIN_SECONDS: Final = 0.1
 #: The longest wait between two reconnection attempts to Redis, whatever
@@ -62,8 +63,8 @@ class EngineBase:
     """The Redis engine's state; see ``engine.py`` for how its parts fit."""
 
     # Provided by the concept modules and used across them:
-    _failed: Callable[[BaseException], None]  # health.py: degraded, the supervisor wakes
-    _unavailable: Callable[[], Unavailable]  # health.py: the 503 to answer now
+    _failed: Callable[..., None]  # health.py: (exc, key=None) degraded, the supervisor wakes
+    _unavailable: Callable[..., Unavailable]  # health.py: (node=None) the 503 to answer now
     _on_message: Callable[[Mapping[str, Any]], None]  # follower.py: a topic's announcement
     _ring: Callable[[str], None]  # follower.py: have the reader read a topic
     _read: Callable[[Sequence[str]], Awaitable[None]]  # follower.py: range-read topics
@@ -89,6 +90,12 @@ class EngineBase:
         self._nursery: trio.Nursery | None = None
         self._sorted: dict[frozenset[str], tuple[str, ...]] = {}
         self.healthy = True
+        #: On Redis Cluster, which masters are down (``shards.py``); else ``None``.
+        self.shards: ShardHealth | None = (
+            ShardHealth(lambda slot: client.connection_pool.cluster_layout.node_for_slot(slot).name)
+            if self.clustered
+            else None
+        )
         self._started = False
         self.backoff = BACKOFF_MIN_SECONDS
         self.retry_at = 0.0
@@ -108,6 +115,15 @@ class EngineBase:
 
     def __str__(self) -> str:
         return f"redis {self.address.redacted()}"
+
+    def _check(self, topics: Iterable[str]) -> None:
+        """Refuse now (``Unavailable``) if Redis, or on Cluster a topic's shard, is down."""
+        if not self.healthy:
+            raise self._unavailable()
+        if self.shards is not None and self.shards.down:
+            node = self.shards.first_down(self._stream(t) for t in topics)
+            if node is not None:
+                raise self._unavailable(node)
 
     # -- keys and entries -----------------------------------------------------------------
 

@@ -14,7 +14,8 @@ Theory of operation, one module per part (each docstring has the details):
   entry becomes one :class:`~broker.hub.events.Event` for :meth:`Hub.deliver_stored`.
 * **Failure** (``health.py``): any Redis error marks the engine degraded (``503``,
   ``broker.degraded``); the supervisor reconnects with backoff, catches every tracked
-  topic up from its last entry, then says ``broker.recovered``.
+  topic up from its last entry, then says ``broker.recovered``. On Redis Cluster only
+  the topics of the master that failed are (``shards.py``).
 * **Connecting** (``connection.py``): single server, Redis Cluster or Sentinel, TLS.
 
 :class:`RedisEngine` joins the parts over the state of ``base.py``. Every task runs in
@@ -72,6 +73,7 @@ class RedisEngine(Publishing, Starting, Following, Health):
             resets=self.resets,
             failures=self.failures,
             last_commit_seconds=round(last, 6) if last is not None else None,
+            shards_down=tuple(sorted(self.shards.down)) if self.shards is not None else (),
         )
 
 
@@ -94,6 +96,8 @@ class RedisStatistics:
     resets: int
     failures: int
     last_commit_seconds: float | None
+    #: Redis Cluster masters (``host:port``) that are down: their topics get ``503``.
+    shards_down: tuple[str, ...] = ()
     engine: str = "redis"
 
 

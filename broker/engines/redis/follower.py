@@ -122,10 +122,13 @@ class Following(EngineBase):
             pending = list(topics)
             batch = self.options.read_batch
             while pending:
+                shards = self.shards
                 targets = [
                     (topic, cache, cache.last)
                     for topic in pending
-                    if (cache := self.caches.get(topic)) is not None and cache.ready
+                    if (cache := self.caches.get(topic)) is not None
+                    and cache.ready
+                    and not (shards is not None and shards.is_down(self._stream(topic)))
                 ]
                 if not targets:
                     return

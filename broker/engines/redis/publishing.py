@@ -4,7 +4,8 @@
 batch is atomic) and answers once Redis has stored the events: a ``202`` is only ever
 given for an event Redis holds. If Redis cannot be reached (or does not answer within
 ``timeout_seconds``), the publish is refused with ``503`` and ``Retry-After``; while the
-engine is degraded, publishes are refused at once without trying.
+engine is degraded (on Redis Cluster: while the topic's shard is down, ``shards.py``),
+publishes are refused at once without trying.
 """
 
 from __future__ import annotations
@@ -43,14 +44,13 @@ class Publishing(EngineBase):
             TopicClosed: a topic was closed by a final event (nothing stored).
             BatchSpansSlots: on Redis Cluster, a batch names more than one topic.
         """
-        if not self.healthy:
-            raise self._unavailable()
         topics = list(dict.fromkeys(item.topic for item in items))
         if self.clustered and len(topics) > 1:
             raise BatchSpansSlots(
                 "on Redis Cluster a batch is atomic only within one topic: "
                 f"this one names {len(topics)} topics"
             )
+        self._check(topics)
         keys, args, order = entries.publish_arguments(
             self.options.key_prefix,
             self.options.history_size,
@@ -75,10 +75,10 @@ class Publishing(EngineBase):
             if entries.CLOSED_ERROR in message:
                 index = int(message.rsplit(" ", 1)[-1]) - 1
                 raise TopicClosed(f"topic {order[index]!r} was closed by a final event") from None
-            self._failed(exc)
+            self._failed(exc, self._stream(topics[0]) if self.clustered and topics else None)
             raise self._unavailable() from None
         except FAILURES as exc:
-            self._failed(exc)
+            self._failed(exc, self._stream(topics[0]) if self.clustered and topics else None)
             raise self._unavailable() from None
         self.appends += 1
         self.last_commit_seconds = trio.current_time() - started
@@ -110,8 +110,7 @@ class Publishing(EngineBase):
         return bool(await self._admin(topic, "forget", ""))
 
     async def _admin(self, topic: str, operation: str, field: str) -> Any:
-        if not self.healthy:
-            raise self._unavailable()
+        self._check([topic])
         try:
             with trio.fail_after(self.options.timeout_seconds):
                 return await self._admin_script(
@@ -119,5 +118,5 @@ class Publishing(EngineBase):
                     [operation, field, self._publish_command],
                 )
         except FAILURES as exc:
-            self._failed(exc)
+            self._failed(exc, self._stream(topic))
             raise self._unavailable() from None

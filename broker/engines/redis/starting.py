@@ -42,8 +42,7 @@ class Starting(EngineBase):
         """
         if not topics:
             return
-        if not self.healthy:
-            raise self._unavailable()
+        self._check(topics)
         requested: dict[str, int] = {}
         if resume_from is not None:
             try:
@@ -103,7 +102,14 @@ class Starting(EngineBase):
         return caching.variant_id(order, self.caches)
 
     def track_nowait(self, topics: Iterable[str]) -> None:
-        new = [t for t in topics if t not in self.caches and t not in self._loading]
+        shards = self.shards
+        new = [
+            t
+            for t in topics
+            if t not in self.caches
+            and t not in self._loading
+            and not (shards is not None and shards.is_down(self._stream(t)))
+        ]
         if new and self._nursery is not None:
             self._nursery.start_soon(self._track_task, new)
 
@@ -123,6 +129,7 @@ class Starting(EngineBase):
         pubsub = self._pubsub
         if pubsub is None:
             raise self._unavailable()
+        self._check(topics)  # the session's pubsub has no connection to a shard that is down
         for topic in topics:
             self.caches[topic] = TopicCache(topic, self.options.history_size)
             self._loading[topic] = trio.Event()
