@@ -426,17 +426,23 @@ class DiskStore:
         extra = cursor.count() - keep
         if extra <= 0:
             return
-        evicted = self._evicted(txn, topic)
-        delete, events = txn.delete, self.events
+        # Each origin's newest entry deleted, by its origin bytes: decoding every entry cost
+        # a third of the trim (which is 1.3 of the 2.9 µs per event of a steady commit of
+        # 100-event groups to one full topic).
+        newest: dict[bytes, bytes] = {}
+        delete, events, value, remove = txn.delete, self.events, cursor.value, cursor.delete
         for _ in range(extra):
-            entry = cast(bytes, cursor.value())
+            entry = cast(bytes, value())
             delete(entry[:_EIGHT], db=events)
+            newest[entry[16:]] = entry  # (entries sort by index: an origin's seqs grow)
+            remove()
+            if cursor.key() != topic:
+                break
+        evicted = self._evicted(txn, topic)
+        for entry in newest.values():
             origin, seq = _entry_origin_seq(entry)
             if seq > evicted.get(origin, 0):
                 evicted[origin] = seq
-            cursor.delete()
-            if cursor.key() != topic:
-                break
         txn.put(topic, _pack(evicted), db=self.tmeta)
 
     def _evicted(self, txn: lmdb.Transaction, topic: bytes) -> dict[str, int]:
