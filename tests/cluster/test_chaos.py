@@ -18,35 +18,18 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
 import trio
 
+from tests.support.chaos import Published, Received, check_subscribers
 from tests.support.mesh import Mesh
 from tests.support.sse_client import open_sse
 
 SEED = int(os.environ.get("CHAOS_SEED") or random.randrange(1 << 32))
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "45"))
 TOPICS = ("t0", "t1", "t2")
-MAX_ID_CHARS = 64
-
-
-@dataclass
-class Published:
-    acked: dict[tuple[int, int], str] = field(default_factory=dict)  # (p, n) -> incarnation
-    refused: int = 0
-    failed: int = 0
-
-
-@dataclass
-class Received:
-    events: list[tuple[int, int, str]] = field(default_factory=list)  # (p, n, incarnation)
-    notices: Counter = field(default_factory=Counter)
-    connects: int = 0
-    longest_id: int = 0
-    last_id: str | None = None
 
 
 class Chaos:
@@ -173,36 +156,7 @@ class Chaos:
             "failed": self.published.failed,
             "unconverged": self.unconverged,
         }
-        problems = []
-        for k, record in enumerate(self.received):
-            counts = Counter((p, n) for p, n, _ in record.events)
-            duplicates = sum(c - 1 for c in counts.values() if c > 1)
-            missing = [key for key in acked if key not in counts]
-            gaps = record.notices["broker.gap"] + record.notices["broker.reset"]
-            out_of_order = 0
-            last: dict[tuple[int, str], int] = {}
-            for p, n, origin in record.events:
-                if n <= last.get((p, origin), 0):
-                    out_of_order += 1
-                last[(p, origin)] = max(n, last.get((p, origin), 0))
-            report[f"subscriber {k}"] = {
-                "delivered": len(record.events),
-                "missing_acknowledged": len(missing),
-                "duplicates": duplicates,
-                "out_of_order": out_of_order,
-                "gaps_reported": gaps,
-                "dropped_notices": record.notices["broker.dropped"],
-                "connects": record.connects,
-                "longest_id": record.longest_id,
-            }
-            if missing:
-                problems.append(f"subscriber {k} missed {len(missing)} acked, e.g. {missing[:5]}")
-            if duplicates:
-                problems.append(f"subscriber {k} got {duplicates} duplicates")
-            if out_of_order:
-                problems.append(f"subscriber {k}: {out_of_order} events out of origin order")
-            if record.longest_id > MAX_ID_CHARS:
-                problems.append(f"subscriber {k}: an id of {record.longest_id} characters")
+        problems = check_subscribers(acked, self.received, report)
         report["problems"] = problems
         return report
 
