@@ -221,7 +221,8 @@ class Health(EngineBase):
                 with trio.fail_after(self.options.timeout_seconds):
                     await pubsub.subscribe(**channels)
             self._pubsub = pubsub
-            await self._read([t for t in up if self.caches[t].ready])
+            # The idle sweep may have dropped a topic while we subscribed: read what is left.
+            await self._read([t for t in up if (c := self.caches.get(t)) is not None and c.ready])
             if not self.healthy:
                 self.healthy = True
                 log.info("%s: reachable again; caught up", self)
