@@ -23,7 +23,7 @@ import httpx
 import pytest
 import trio
 
-from tests.support.chaos import Published, Received, check_subscribers
+from tests.support.chaos import Published, Received, check_subscribers, wait_all_delivered
 from tests.support.mesh import Mesh
 from tests.support.sse_client import open_sse
 
@@ -161,12 +161,7 @@ class Chaos:
         return report
 
     async def wait_all_delivered(self, timeout: float) -> None:
-        acked = set(self.published.acked)
-        with trio.move_on_after(timeout):
-            while any(
-                not acked <= {(p, n) for p, n, _ in record.events} for record in self.received
-            ):
-                await trio.sleep(0.2)
+        await wait_all_delivered(self.published, self.received, timeout)
 
 
 @pytest.mark.slow

@@ -16,6 +16,18 @@ from tests.support.servers import start_node, wait_linked
 from tests.support.sse_client import open_sse
 
 
+async def dial_as_stranger(stream: trio.abc.Stream, node: str) -> None:
+    """Run the dialer's handshake with the right secret over ``stream`` (a test's attempt)."""
+    await handshake(
+        stream,
+        frames.FrameDecoder(),
+        Hello(node, node * 6, ""),
+        b"test-secret",
+        dialer=True,
+        timeout=5,
+    )
+
+
 @pytest.fixture
 def ca(tmp_path):
     return ClusterCa(tmp_path, "cluster")
@@ -62,14 +74,7 @@ async def test_a_peer_without_a_client_certificate_is_refused(ca, caplog):
             # It trusts the CA and knows the secret, but shows no certificate.
             stream = trio.SSLStream(tcp, client_context(ca.ca_file), server_hostname="127.0.0.1")
             with pytest.raises(LinkBroken):
-                await handshake(
-                    stream,
-                    frames.FrameDecoder(),
-                    Hello("x", "xxxxxx", ""),
-                    b"test-secret",
-                    dialer=True,
-                    timeout=5,
-                )
+                await dial_as_stranger(stream, "x")
             await wait_rejected(a, 1)
             assert a.cluster.links == {}
             assert "TLS handshake failed" in caplog.text
@@ -86,26 +91,12 @@ async def test_a_certificate_from_another_ca_is_refused(ca, other_ca, caplog):
                 tcp, client_context(ca.ca_file, stranger), server_hostname="127.0.0.1"
             )
             with pytest.raises(LinkBroken):
-                await handshake(
-                    stream,
-                    frames.FrameDecoder(),
-                    Hello("x", "xxxxxx", ""),
-                    b"test-secret",
-                    dialer=True,
-                    timeout=5,
-                )
+                await dial_as_stranger(stream, "x")
             await wait_rejected(a, 1)
             # and plain TCP to a TLS peer port gets nowhere either
             plain = await trio.open_tcp_stream(*peer_endpoint(a))
             with pytest.raises(LinkBroken):
-                await handshake(
-                    plain,
-                    frames.FrameDecoder(),
-                    Hello("y", "yyyyyy", ""),
-                    b"test-secret",
-                    dialer=True,
-                    timeout=5,
-                )
+                await dial_as_stranger(plain, "y")
             await wait_rejected(a, 2)
             assert a.cluster.links == {}
             assert "certificate verify failed" in caplog.text

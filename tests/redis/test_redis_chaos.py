@@ -30,7 +30,7 @@ import trio
 from broker.server import RunningServer
 from tests.redis.conftest import RedisServer, needs_redis
 from tests.redis.scenarios import start_redis_node
-from tests.support.chaos import Published, Received, check_subscribers
+from tests.support.chaos import Published, Received, check_subscribers, wait_all_delivered
 from tests.support.sse_client import open_sse
 
 pytestmark = [needs_redis, pytest.mark.slow]
@@ -234,12 +234,7 @@ class RedisChaos:
         return problems
 
     async def wait_all_delivered(self, timeout: float) -> None:
-        acked = set(self.published.acked)
-        with trio.move_on_after(timeout):
-            while any(
-                not acked <= {(p, n) for p, n, _ in record.events} for record in self.received
-            ):
-                await trio.sleep(0.2)
+        await wait_all_delivered(self.published, self.received, timeout)
 
 
 async def test_redis_chaos_every_acknowledged_event_reaches_every_subscriber_once_in_order(

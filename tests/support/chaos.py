@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import trio
+
 MAX_ID_CHARS = 64
 
 
@@ -67,3 +69,16 @@ def check_subscribers(
         if record.longest_id > MAX_ID_CHARS:
             problems.append(f"subscriber {k}: an id of {record.longest_id} characters")
     return problems
+
+
+async def wait_all_delivered(
+    published: Published, received: list[Received], timeout: float
+) -> None:
+    """Give the subscribers up to ``timeout`` seconds to receive every acknowledged event.
+
+    Polled, not slept: it returns as soon as they have; the checker judges what arrived.
+    """
+    acked = set(published.acked)
+    with trio.move_on_after(timeout):
+        while any(not acked <= {(p, n) for p, n, _ in record.events} for record in received):
+            await trio.sleep(0.2)
