@@ -9,12 +9,19 @@ the same way.
 
 from __future__ import annotations
 
+import ctypes
 import json
 from typing import Any
 
 import msgpack
 
 from ..wire import sse, websocket
+
+#: Take an object out of the cyclic garbage collector's lists (CPython's C API; calling it
+#: twice is allowed, and the object's own deallocation calls it too).
+_untrack = ctypes.pythonapi.PyObject_GC_UnTrack
+_untrack.argtypes = [ctypes.py_object]
+_untrack.restype = None
 
 
 class Event:
@@ -87,6 +94,15 @@ class Event:
         self._msgpack: bytes | None = None
         self._ws_text: bytes | None = None
         self._ws_binary: bytes | None = None
+        # An event refers only to strings, bytes, numbers and None, so it can never be
+        # part of a reference cycle: the collector has nothing to find in it (CPython
+        # untracks tuples and dicts of such values for the same reason), and reference
+        # counting still frees it. Tracked, a topic's history kept the young generation
+        # full of events (a publish to a full topic allocates one and frees one, so it
+        # never counts towards the next young collection), and every full collection
+        # walked every history: young passes of 19 ms and full ones of 50-95 ms with
+        # 100 000 events in memory, all of it a stall of the loop. The call costs 0.2 µs.
+        _untrack(self)
 
     def __repr__(self) -> str:
         return f"<Event {self.topic} {self.id} {self.event_type or ''}>"
