@@ -77,7 +77,7 @@ import trio
 from ..core import positions
 from ..core.errors import ConfigError
 from ..hub.engine import Unavailable
-from ..hub.events import Event
+from ..hub.events import Event, uncollected
 from . import storecheck
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def _event(index: int, value: bytes) -> Event:
     origin, seq, topic, event_type, data, is_json, published_at, flags, event_id = msgpack.unpackb(
         value
     )
-    return Event(
+    event = Event(
         topic=topic,
         event_type=event_type,
         data=data,
@@ -213,6 +213,7 @@ def _event(index: int, value: bytes) -> Event:
         retain=bool(flags & 1),
         final=bool(flags & 2),
     )
+    return uncollected(event)  # (read back to stay in a topic's history)
 
 
 def boot_id(path: str) -> str:
