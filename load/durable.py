@@ -146,8 +146,15 @@ def group_commit_cpu(
     return out
 
 
-def expiry_rss(topics: int = 100_000, idle: float = 10.0) -> dict[str, float]:
-    """RSS of a broker before, at the peak of and after ``topics`` one-event topics expire."""
+def expiry_rss(
+    topics: int = 100_000, idle: float = 10.0, settle: float = 60.0, malloc: bool = False
+) -> dict[str, float]:
+    """RSS of a broker before, at the peak of and after ``topics`` one-event topics expire.
+
+    ``after``: 2 s after ``/stats`` says no topic is left; ``settled``: ``settle`` s later.
+    ``malloc``: the broker runs with ``PYTHONMALLOC=malloc`` (the C allocator for every
+    object, instead of CPython's arenas).
+    """
     import json
     import urllib.request
 
@@ -160,6 +167,9 @@ def expiry_rss(topics: int = 100_000, idle: float = 10.0) -> dict[str, float]:
         BROKER_STORAGE_PATH=data,
         BROKER_STORAGE_TOPIC_IDLE_SECONDS=str(idle),
     )
+    env.pop("PYTHONMALLOC", None)
+    if malloc:
+        env["PYTHONMALLOC"] = "malloc"
     proc = subprocess.Popen(
         [_python(), "-m", "broker", "run", "--port", "0"],
         cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
@@ -186,10 +196,10 @@ def expiry_rss(topics: int = 100_000, idle: float = 10.0) -> dict[str, float]:
             )
             urllib.request.urlopen(req).read()
 
-        def anon_mib() -> float:  # the heap; RSS also counts the store's mapped file pages
+        def rss(kind: str) -> float:  # RssAnon: the heap; RssFile: mapped files (the store)
             with open(f"/proc/{proc.pid}/status") as status:
                 for line in status:
-                    if line.startswith("RssAnon:"):
+                    if line.startswith(f"{kind}:"):
                         return int(line.split()[1]) / 1024
             return 0.0
 
@@ -201,33 +211,31 @@ def expiry_rss(topics: int = 100_000, idle: float = 10.0) -> dict[str, float]:
             while topics_in_memory() and time.monotonic() < deadline:
                 time.sleep(0.2)
 
+        figures: dict[str, float] = {}
+
+        def measure(when: str) -> None:
+            figures[f"{when}_mib"] = rss_kib([proc.pid]) / 1024
+            figures[f"{when}_anon_mib"] = rss("RssAnon")
+            figures[f"{when}_file_mib"] = rss("RssFile")
+
         for start in range(0, 2000, 100):  # warm up every path once, then let it expire
             batch("warm", start, 100)
         wait_empty()
-        baseline = rss_kib([proc.pid]) / 1024
-        baseline_anon = anon_mib()
+        measure("baseline")
         began = time.monotonic()
         for start in range(0, topics, 100):
             batch("jobs", start, 100)
-        published_s = time.monotonic() - began
-        peak = rss_kib([proc.pid]) / 1024
-        peak_anon = anon_mib()
-        in_memory = topics_in_memory()
+        figures["publish_s"] = time.monotonic() - began
+        measure("peak")
+        figures["topics_at_peak"] = topics_in_memory()
         wait_empty()
         time.sleep(2)  # the expiry round that emptied memory then gives the heap back
-        after = rss_kib([proc.pid]) / 1024
-        after_anon = anon_mib()
-        return {
-            "baseline_anon_mib": baseline_anon,
-            "peak_anon_mib": peak_anon,
-            "after_anon_mib": after_anon,
-            "baseline_mib": baseline,
-            "peak_mib": peak,
-            "topics_at_peak": in_memory,
-            "after_mib": after,
-            "after_over_baseline": after / baseline,
-            "publish_s": published_s,
-        }
+        measure("after")
+        time.sleep(settle)
+        measure("settled")
+        figures["after_over_baseline"] = figures["after_mib"] / figures["baseline_mib"]
+        figures["settled_over_baseline"] = figures["settled_mib"] / figures["baseline_mib"]
+        return figures
     finally:
         proc.terminate()
         proc.wait(10)
@@ -407,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-restart", action="store_true")
     parser.add_argument("--skip-paired", action="store_true")
     parser.add_argument("--expiry", action="store_true", help="100 000 topics expire: RSS")
+    parser.add_argument("--expiry-topics", type=int, default=100_000)
+    parser.add_argument("--expiry-settle", type=float, default=60.0, help="seconds")
+    parser.add_argument("--expiry-malloc", action="store_true", help="PYTHONMALLOC=malloc")
     parser.add_argument("--stall", action="store_true", help="longest loop stall, resuming")
     args = parser.parse_args(argv)
     lines = [f"# Durable store vs memory storage ({time.strftime('%Y-%m-%d %H:%M')})", ""]
@@ -450,16 +461,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ready_unclean:.2f} s after `kill -9` (every record checked)."
             )
     if args.expiry:
-        rss = expiry_rss()
+        rss = expiry_rss(args.expiry_topics, settle=args.expiry_settle, malloc=args.expiry_malloc)
         lines.append(
-            f"Topic expiry: 100 000 one-event topics (batches of 100, {rss['publish_s']:.1f} s): "
+            f"Topic expiry{' (PYTHONMALLOC=malloc)' if args.expiry_malloc else ''}: "
+            f"{args.expiry_topics} one-event topics (batches of 100, {rss['publish_s']:.1f} s): "
             f"RSS {rss['baseline_mib']:.1f} MiB before, {rss['peak_mib']:.1f} MiB with "
-            f"{rss['topics_at_peak']} topics in memory, {rss['after_mib']:.1f} MiB after they "
-            f"expired ({rss['after_over_baseline']:.2f}x the baseline); of which anonymous "
-            f"memory (RssAnon, the heap; the rest is the store's file pages LMDB mapped): "
-            f"{rss['baseline_anon_mib']:.1f}, {rss['peak_anon_mib']:.1f}, "
-            f"{rss['after_anon_mib']:.1f} MiB "
-            f"({rss['after_anon_mib'] / rss['baseline_anon_mib']:.2f}x)."
+            f"{rss['topics_at_peak']:.0f} topics in memory, {rss['after_mib']:.1f} MiB 2 s after "
+            f"they expired ({rss['after_over_baseline']:.2f}x the baseline), "
+            f"{rss['settled_mib']:.1f} MiB {args.expiry_settle:g} s later "
+            f"({rss['settled_over_baseline']:.2f}x). Of which anonymous memory (RssAnon, the "
+            f"heap): {rss['baseline_anon_mib']:.1f}, {rss['peak_anon_mib']:.1f}, "
+            f"{rss['after_anon_mib']:.1f}, {rss['settled_anon_mib']:.1f} MiB; mapped files "
+            f"(RssFile: the libraries, and the store's pages LMDB mapped): "
+            f"{rss['baseline_file_mib']:.1f}, {rss['peak_file_mib']:.1f}, "
+            f"{rss['after_file_mib']:.1f}, {rss['settled_file_mib']:.1f} MiB."
         )
     for collect in (True, False) if args.stall else ():
         stall = loop_stall(collect=collect)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from typing import Final
 
 from .errors import BadEventType, BadTopic
@@ -25,6 +26,25 @@ RESERVED_EVENT_TYPES: Final = frozenset({"error", "open"})
 
 _TOPIC_RE: Final = re.compile(r"[A-Za-z0-9_.:~-]+(?:/[A-Za-z0-9_.:~-]+)*")
 _EVENT_TYPE_RE: Final = re.compile(r"[A-Za-z0-9_.:-]+")
+
+#: The ``cache_clear`` of every memo keyed by topic names (:func:`remember_topic_memo`).
+_TOPIC_MEMOS: list[Callable[[], None]] = []
+
+
+def remember_topic_memo(cache_clear: Callable[[], None]) -> None:
+    """Have :func:`forget_topic_memos` empty a memo keyed by topic names."""
+    _TOPIC_MEMOS.append(cache_clear)
+
+
+def forget_topic_memos() -> None:
+    """Empty the memos keyed by topic names, after many topics left memory (expiry).
+
+    Their entries are the last few thousand names used: small objects that sit between
+    the expired topics' in the allocator's 1 MiB arenas and keep them all alive (100 000
+    expired topics: 36 MiB of arenas held by the two memos, load/durable.py --expiry).
+    """
+    for cache_clear in _TOPIC_MEMOS:
+        cache_clear()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -49,6 +69,9 @@ def check_topic(topic: str) -> str:
     if segments[-1] in RESERVED_LAST_SEGMENTS:
         raise BadTopic(f"invalid topic {topic!r}: the last segment may not be 'events' or 'ws'")
     return topic
+
+
+remember_topic_memo(check_topic.cache_clear)
 
 
 def check_event_type(event_type: str | None) -> str | None:

@@ -14,7 +14,7 @@ from typing import Literal
 from urllib.parse import parse_qs, unquote
 
 from ..core.errors import BadRequest, MethodNotAllowed
-from ..core.topics import check_topic
+from ..core.topics import check_topic, remember_topic_memo
 from ..hub.replay import StartAt
 
 Kind = Literal["publish", "batch", "sse", "ws"]
@@ -101,6 +101,9 @@ def match(method: str, target: str, *, max_topics: int = MAX_TOPICS_PER_REQUEST)
     if len(topics) > max_topics:
         raise BadRequest(f"at most {max_topics} topics per subscription")
     return Route(kind, topics, query)
+
+
+remember_topic_memo(match.cache_clear)  # its targets name topics: emptied on expiry
 
 
 def start_at(route: Route, now: float) -> StartAt | None:

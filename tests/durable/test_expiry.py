@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import weakref
+
 import httpx
 import trio
 
+from broker.core.topics import check_topic
+from broker.edge import routes
 from tests.durable.support import replay, sleep_until
 from tests.support.servers import open_broker_server
 from tests.support.sse_client import open_sse
@@ -69,3 +75,64 @@ async def test_count_retention_in_the_store_reports_evicted_after_a_restart(tmp_
             disk = server.hub.journal.disk
             with disk.env.begin() as txn:  # trimmed in the store, not only in memory
                 assert txn.stat(disk.events)["entries"] <= 5 + 32
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _mapped_kib(path) -> int:
+    """How much of the store file is mapped into this process (KiB of RSS)."""
+    target = os.path.realpath(path / "data.mdb")
+    total = 0
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if not fields[0].endswith(":"):  # a mapping's first line: range, perms, … path
+                inside = len(fields) >= 6 and fields[5] == target
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+async def test_a_mass_expiry_gives_back_what_the_gone_topics_left(tmp_path):
+    """Memos of their names, garbage cycles and the store's mapped pages all go."""
+    data = tmp_path / "data"
+    storage = {"kind": "durable", "path": str(data), "topic_idle_seconds": 2}
+    payload = "x" * 800
+    gc.disable()  # only the expiry's own collection may free the cycle below
+    try:
+        with trio.fail_after(20):
+            async with open_broker_server(storage=storage) as server:
+                disk = server.hub.journal.disk
+                async with httpx.AsyncClient(base_url=server.url) as client:
+                    for start in range(0, 4000, 1000):  # expiry needs >= 1000 in one round
+                        events = [
+                            {"topic": f"jobs/{n}", "data": payload}
+                            for n in range(start, start + 1000)
+                        ]
+                        answer = await client.post("/publish", json={"events": events})
+                        assert answer.status_code == 202, answer.text
+                    for n in range(5):
+                        await client.post(f"/topics/jobs/{n}", content="again")
+                assert check_topic.cache_info().currsize >= 4000
+                assert routes.match.cache_info().currsize >= 5
+                with disk.env.begin() as txn:  # read through the map, as loads do
+                    assert sum(1 for _ in txn.cursor(disk.events)) == 4005
+                mapped = _mapped_kib(data)
+                assert mapped > 2048  # ~4 MiB of events
+                cycle = _Cycle()
+                collected = weakref.ref(cycle)
+                del cycle
+                await sleep_until(lambda: not server.hub._topics)
+                await sleep_until(lambda: check_topic.cache_info().currsize == 0)
+                assert routes.match.cache_info().currsize == 0
+                await sleep_until(lambda: collected() is None)
+                await sleep_until(lambda: _mapped_kib(data) < mapped / 8)
+                # The pages were only unmapped: the store still reads back whole.
+                with disk.env.begin() as txn:
+                    assert sum(1 for _ in txn.cursor(disk.events)) == 4005
+    finally:
+        gc.enable()
