@@ -81,33 +81,7 @@ async def _run(settings: Settings) -> None:
                 break
 
 
-#: The allocator ``broker run`` starts under when ``PYTHONMALLOC`` names none.
-DEFAULT_ALLOCATOR: Final = "malloc"
-
-
-def _start_under_default_allocator(argv: list[str]) -> None:
-    """Start ``broker run`` again under the C allocator, unless ``PYTHONMALLOC`` is set.
-
-    CPython's own allocator gives a 1 MiB arena back only once every object in it is gone,
-    and the few objects that outlive a burst (a stats sample, a memo entry) sit among the
-    burst's: after 100 000 job topics expired the process kept 1.4-1.9x its RSS before them,
-    and waves of them settled at 2.8x (``python -m load.durable --expiry``). Under the C
-    allocator freed memory goes back (``malloc_trim`` after a mass expiry): 1.03x, and flat
-    over waves. It costs about 6 % of a single POST's CPU and 10 % of a batch's (paired
-    runs); ``PYTHONMALLOC=pymalloc`` keeps CPython's, faster and holding its high-water
-    mark. The allocator is chosen before the interpreter starts, hence the exec (same
-    process id: supervisors and signals are unaffected).
-    """
-    if "PYTHONMALLOC" in os.environ or not sys.executable:
-        return
-    os.environ["PYTHONMALLOC"] = DEFAULT_ALLOCATOR
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "broker", "run", *argv])
-
-
 def run_main(argv: list[str]) -> int:
-    _start_under_default_allocator(argv)
     try:
         settings = settings_from_args(argv, dict(os.environ))
     except ConfigError as exc:

@@ -55,7 +55,7 @@ class BrokerProcess:
     Args:
         port: the port to bind; 0 picks a free one at the first start and keeps it for
             restarts.
-        env: extra environment (``BROKER_*`` settings); ``None`` as a value unsets it.
+        env: extra environment (``BROKER_*`` settings).
         args: extra ``broker run`` arguments.
         open_files: the process's limit of open files (soft and hard), as ``ulimit -n``.
     """
@@ -63,7 +63,7 @@ class BrokerProcess:
     def __init__(
         self,
         port: int = 0,
-        env: Mapping[str, str | None] | None = None,
+        env: Mapping[str, str] | None = None,
         args: list[str] | None = None,
         open_files: int | None = None,
     ) -> None:
@@ -82,11 +82,8 @@ class BrokerProcess:
             "PYTHONUNBUFFERED": "1",
             "BROKER_SHUTDOWN_GRACE_SECONDS": "0.5",
             "BROKER_STORAGE_KIND": "memory",  # durable tests set a data directory
-            # The allocator `broker run` would exec itself under: set here, it starts once.
-            "PYTHONMALLOC": "malloc",
             **self.env,
         }
-        env = {name: value for name, value in env.items() if value is not None}
         cmd = [
             sys.executable,
             "-m",
