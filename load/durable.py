@@ -147,13 +147,19 @@ def group_commit_cpu(
 
 
 def expiry_rss(
-    topics: int = 100_000, idle: float = 10.0, settle: float = 60.0, malloc: bool = False
+    topics: int = 100_000,
+    idle: float = 10.0,
+    settle: float = 60.0,
+    allocator: str | None = None,
+    waves: int = 3,
 ) -> dict[str, float]:
     """RSS of a broker before, at the peak of and after ``topics`` one-event topics expire.
 
     ``after``: 2 s after ``/stats`` says no topic is left; ``settled``: ``settle`` s later.
-    ``malloc``: the broker runs with ``PYTHONMALLOC=malloc`` (the C allocator for every
-    object, instead of CPython's arenas).
+    Then ``waves - 1`` more waves of as many new topics, each measured once it expired
+    (``wave2``, ``wave3`` …): whether memory stays where the first wave left it.
+    ``allocator``: ``PYTHONMALLOC`` for the broker (``None``: CPython's default, its own
+    arenas; ``malloc``: the C allocator for every object).
     """
     import json
     import urllib.request
@@ -168,8 +174,8 @@ def expiry_rss(
         BROKER_STORAGE_TOPIC_IDLE_SECONDS=str(idle),
     )
     env.pop("PYTHONMALLOC", None)
-    if malloc:
-        env["PYTHONMALLOC"] = "malloc"
+    if allocator:
+        env["PYTHONMALLOC"] = allocator
     proc = subprocess.Popen(
         [_python(), "-m", "broker", "run", "--port", "0"],
         cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
@@ -235,6 +241,13 @@ def expiry_rss(
         measure("settled")
         figures["after_over_baseline"] = figures["after_mib"] / figures["baseline_mib"]
         figures["settled_over_baseline"] = figures["settled_mib"] / figures["baseline_mib"]
+        for wave in range(2, waves + 1):
+            for start in range(0, topics, 100):
+                batch(f"jobs{wave}", start, 100)
+            wait_empty()
+            time.sleep(2)
+            measure(f"wave{wave}")
+        figures["waves"] = waves
         return figures
     finally:
         proc.terminate()
@@ -417,7 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expiry", action="store_true", help="100 000 topics expire: RSS")
     parser.add_argument("--expiry-topics", type=int, default=100_000)
     parser.add_argument("--expiry-settle", type=float, default=60.0, help="seconds")
-    parser.add_argument("--expiry-malloc", action="store_true", help="PYTHONMALLOC=malloc")
+    parser.add_argument(
+        "--expiry-allocator", help="PYTHONMALLOC for the broker (default: CPython's)"
+    )
+    parser.add_argument("--expiry-waves", type=int, default=3, help="waves of topics")
     parser.add_argument("--stall", action="store_true", help="longest loop stall, resuming")
     args = parser.parse_args(argv)
     lines = [f"# Durable store vs memory storage ({time.strftime('%Y-%m-%d %H:%M')})", ""]
@@ -461,9 +477,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ready_unclean:.2f} s after `kill -9` (every record checked)."
             )
     if args.expiry:
-        rss = expiry_rss(args.expiry_topics, settle=args.expiry_settle, malloc=args.expiry_malloc)
+        rss = expiry_rss(
+            args.expiry_topics,
+            settle=args.expiry_settle,
+            allocator=args.expiry_allocator,
+            waves=args.expiry_waves,
+        )
         lines.append(
-            f"Topic expiry{' (PYTHONMALLOC=malloc)' if args.expiry_malloc else ''}: "
+            f"Topic expiry (PYTHONMALLOC={args.expiry_allocator or 'unset: pymalloc'}): "
             f"{args.expiry_topics} one-event topics (batches of 100, {rss['publish_s']:.1f} s): "
             f"RSS {rss['baseline_mib']:.1f} MiB before, {rss['peak_mib']:.1f} MiB with "
             f"{rss['topics_at_peak']:.0f} topics in memory, {rss['after_mib']:.1f} MiB 2 s after "
@@ -476,6 +497,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{rss['baseline_file_mib']:.1f}, {rss['peak_file_mib']:.1f}, "
             f"{rss['after_file_mib']:.1f}, {rss['settled_file_mib']:.1f} MiB."
         )
+        if args.expiry_waves > 1:
+            each = [rss["after_mib"]] + [
+                rss[f"wave{w}_mib"] for w in range(2, args.expiry_waves + 1)
+            ]
+            lines.append(
+                f"After each of {args.expiry_waves} waves of {args.expiry_topics} new topics "
+                f"expired: RSS {', '.join(f'{m:.1f}' for m in each)} MiB (the last wave "
+                f"{each[-1] / each[0]:.2f}x the first)."
+            )
     for collect in (True, False) if args.stall else ():
         stall = loop_stall(collect=collect)
         lines.append("With the garbage collector on:" if collect else "With it off:")

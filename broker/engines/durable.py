@@ -91,7 +91,7 @@ MAP_SIZE: Final = 1 << 40
 TRIM_SLACK: Final = 32
 #: The topic index, the vector and count retention follow the log every this many events
 #: (``DiskStore._index``): per group commit they cost more than the events' own records.
-INDEX_EVERY: Final = 256
+INDEX_EVERY: Final = 512
 _pack = msgpack.Packer(use_bin_type=True).pack
 #: In ``process`` mode a group of at most this many events, and this many characters of
 #: payload, is committed in the Trio loop; a bigger one goes to the writer thread. The hop
@@ -964,8 +964,6 @@ class Journal:
                 self.problem = None
             self.commits += 1
             self.committed_events += len(batch)
-            for event in batch:  # (they stay, in their topic's history: see uncollected)
-                uncollected(event)
             self._hub.deliver_committed(batch)
             for task in waiters:
                 trio.lowlevel.reschedule(task, outcome.Value(None))
