@@ -30,14 +30,12 @@ def uncollected(event: Event) -> Event:
     An event refers only to strings, bytes, numbers and None, so it can never be part of
     a reference cycle: the collector has nothing to find in it (CPython untracks tuples
     and dicts of such values for the same reason), and reference counting still frees
-    it. Tracked, the events that stay in topics' histories made every collection walk
-    them: read back from the store (100 000 at once when 2000 streams resume) and
-    committed by the journal (a publish to a full topic allocates one event and frees one,
-    so histories filled the young generation without counting towards its next pass).
-    ``python -m load.durable --stall``: passes of 11-26 ms without this for committed
-    events, 4-9 ms with it; 50-95 ms before any of it. The durable store does this for
-    every event (0.2-0.4 µs each, under 1 % of a durable POST); the memory engine does
-    not: there it measured 5 % of a single POST's CPU at 16 connections.
+    it. For the events the store reads back into topics' histories (100 000 at once when
+    2000 streams resume), which every collection then walked: 50-95 ms passes, all of it
+    a stall of the loop (``python -m load.durable --stall``). Not on the publish path:
+    the call costs 0.2-0.4 µs, 5 % of a single POST's CPU in the memory engine, and
+    untracking committed events too cost 2.5 % of a durable POST for passes of 4-9 ms
+    instead of 11-26 ms.
     """
     _untrack(event)
     return event

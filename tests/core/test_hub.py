@@ -96,15 +96,11 @@ async def test_a_batch_reaches_each_subscriber_in_one_write_in_order():
             with trio.testing.assert_no_checkpoints():
                 hub.publish_batch_nowait(items)
             assert both.writes == 1
-            assert data_of(both.written) == [
-                f"e{i}".encode() for i in range(10)
-            ]
+            assert data_of(both.written) == [f"e{i}".encode() for i in range(10)]
             assert only_b.writes == 1  # the rest waits for the writer task, in order
             only_b.allow(1 << 20)
             await trio.testing.wait_all_tasks_blocked()
-            assert data_of(only_b.written) == [
-                f"e{i}".encode() for i in range(0, 10, 2)
-            ]
+            assert data_of(only_b.written) == [f"e{i}".encode() for i in range(0, 10, 2)]
             hub.publish_nowait("a", "after")
             assert both.writes == 2
             assert both.written.endswith(b"data: after\n\n")

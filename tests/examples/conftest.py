@@ -73,11 +73,7 @@ class AsyncPage:
     async def errors(self) -> list[str]:
         """Uncaught errors and console.error lines the page logged (known noise excepted)."""
         logs = await trio.to_thread.run_sync(self.page.logs)
-        return [
-            line
-            for line in logs
-            if line.startswith(("pageerror", "console.error"))
-        ]
+        return [line for line in logs if line.startswith(("pageerror", "console.error"))]
 
     async def example(self, path: str = "") -> Any:
         """The page's ``window.example`` (or a path inside it, e.g. ``"statuses"``)."""

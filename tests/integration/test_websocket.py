@@ -56,9 +56,12 @@ async def test_same_events_and_ids_as_sse():
 )
 async def test_msgpack_frames(query, subprotocols):
     with trio.fail_after(10):
-        async with open_broker_server() as server, open_websocket_url(
-            ws_url(server, "/topics/m/ws" + query), subprotocols=subprotocols
-        ) as ws:
+        async with (
+            open_broker_server() as server,
+            open_websocket_url(
+                ws_url(server, "/topics/m/ws" + query), subprotocols=subprotocols
+            ) as ws,
+        ):
             start = msgpack.unpackb(await ws.get_message())
             assert start["event"] == "broker.start"
             async with httpx.AsyncClient(base_url=server.url) as client:
@@ -162,9 +165,12 @@ async def test_client_that_never_answers_pings_is_dropped():
 
 async def test_client_that_answers_pings_stays():
     with trio.fail_after(10):
-        async with open_broker_server(
-            websocket={"ping_interval_seconds": 0.1, "ping_timeout_seconds": 0.1}
-        ) as server, open_websocket_url(ws_url(server, "/topics/k/ws")) as ws:
+        async with (
+            open_broker_server(
+                websocket={"ping_interval_seconds": 0.1, "ping_timeout_seconds": 0.1}
+            ) as server,
+            open_websocket_url(ws_url(server, "/topics/k/ws")) as ws,
+        ):
             await next_json(ws)
             await trio.sleep(1)  # ten ping intervals: trio-websocket answers each
             async with httpx.AsyncClient(base_url=server.url) as client:
