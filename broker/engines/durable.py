@@ -91,10 +91,7 @@ MAP_SIZE: Final = 1 << 40
 TRIM_SLACK: Final = 32
 #: The topic index, the vector and count retention follow the log every this many events
 #: (``DiskStore._index``): per group commit they cost more than the events' own records.
-#: The catch-up runs inside a commit in the loop; trimming busy topics makes it the loop's
-#: longest step (6.6 ms of CPU at 512 in the stall run, half that at 256), and below a few
-#: hundred a commit's cost per event goes up again.
-INDEX_EVERY: Final = 256
+INDEX_EVERY: Final = 512
 _pack = msgpack.Packer(use_bin_type=True).pack
 #: In ``process`` mode a group of at most this many events, and this many characters of
 #: payload, is committed in the Trio loop; a bigger one goes to the writer thread. The hop
