@@ -382,8 +382,12 @@ def loop_stall(
     return out
 
 
-def restart_time(path: str) -> float:
-    """Seconds from ``broker run`` to ``listening on`` over the store at ``path``."""
+def restart_time(path: str, *, kill: bool = False) -> float:
+    """Seconds from ``broker run`` to ``listening on`` over the store at ``path``.
+
+    The broker is stopped with SIGTERM (a clean stop), or with ``kill`` by SIGKILL: the
+    next start then finds a store that did not stop cleanly and checks every record.
+    """
     env = dict(os.environ, BROKER_STORAGE_KIND="durable", BROKER_STORAGE_PATH=path)
     began = time.perf_counter()
     proc = subprocess.Popen(
@@ -397,25 +401,10 @@ def restart_time(path: str) -> float:
                 return time.perf_counter() - began
         raise RuntimeError("broker exited")
     finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def kill_9(path: str) -> None:
-    """Start ``broker run`` over the store at ``path`` and kill it (SIGKILL) once it listens:
-    the next start finds a store that did not stop cleanly and checks every record."""
-    env = dict(os.environ, BROKER_STORAGE_KIND="durable", BROKER_STORAGE_PATH=path)
-    proc = subprocess.Popen(
-        [_python(), "-m", "broker", "run", "--port", "0"],
-        cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "listening on" in line:
-                break
-    finally:
-        proc.kill()
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
         proc.wait(10)
 
 
@@ -467,8 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             path = os.path.join(tmp, "big")
             took = fill_store(path, args.restart_events)
             size = os.path.getsize(os.path.join(path, "data.mdb"))
-            ready = restart_time(path)
-            kill_9(path)
+            ready = restart_time(path, kill=True)  # (clean start: the fill stopped cleanly)
             ready_unclean = restart_time(path)
             lines.append(
                 f"Store with {args.restart_events} events (1000 topics, 100-byte payloads): "
