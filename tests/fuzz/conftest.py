@@ -12,10 +12,16 @@ from tests.support.servers import BrokerProcess
 
 
 @pytest.fixture(scope="module")
-def fuzz_broker(request: pytest.FixtureRequest) -> Iterator[BrokerProcess]:
+def fuzz_broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BrokerProcess]:
     env = {
         "BROKER_LOG_LEVEL": "warning",
         "BROKER_LIMITS_IDLE_TIMEOUT_SECONDS": "2",
+        # The default engine, as `make run` starts it: what strangers' bytes reach is the
+        # durable store's group commit, not only memory.
+        "BROKER_STORAGE_KIND": "durable",
+        "BROKER_STORAGE_PATH": str(tmp_path_factory.mktemp("fuzz-store")),
         **getattr(request.module, "BROKER_ENV", {}),
     }
     # The broker refuses unknown BROKER_* variables: BROKER_FUZZ_EXAMPLES is the suite's own.
