@@ -989,18 +989,23 @@ class Journal:
                 await self._catch_up_index()
 
     async def _catch_up_index(self) -> None:
-        """Index the oldest ``INDEX_CHUNK`` committed events, in a loop step of its own.
+        """Index what waits, ``INDEX_CHUNK`` events per loop step of its own.
 
-        Between group commits, so it never lengthens one; only while the writer thread is
-        idle (LMDB's one write lock), else the writer's next operation indexes them all.
+        Between group commits, so it never lengthens one, and down to below
+        ``INDEX_EVERY`` waiting, so it keeps up with batches (groups of hundreds); only
+        while the writer thread is idle (LMDB's one write lock), else the writer's next
+        operation indexes them all.
         """
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        if self._writer_calls or self.disk.env is None:
-            return
-        try:
-            self.disk.index_now(INDEX_CHUNK)
-        except lmdb.Error as error:  # (the events are in the log: a later try indexes them)
-            log.warning("storage: indexing failed, will try again: %s", error)
+        disk = self.disk
+        while disk.index_behind >= INDEX_EVERY:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            if self._writer_calls or disk.env is None:
+                return
+            try:
+                disk.index_now(INDEX_CHUNK)
+            except lmdb.Error as error:  # (the events are in the log: a later try indexes)
+                log.warning("storage: indexing failed, will try again: %s", error)
+                return
 
     def _commits_in_loop(self, batch: list[Event]) -> bool:
         """Whether to commit ``batch`` here, in the loop, rather than in the writer thread.
