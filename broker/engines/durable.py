@@ -92,12 +92,6 @@ TRIM_SLACK: Final = 32
 #: The topic index, the vector and count retention follow the log every this many events
 #: (``DiskStore._index``): per group commit they cost more than the events' own records.
 INDEX_EVERY: Final = 512
-#: In ``process`` mode the loop catches the index up in steps of its own, this many events
-#: each (about 1 ms of CPU with trims), not inside a group commit: a catch-up of 512 with
-#: the trims of 16 busy topics was the loop's longest step, 3.8-6.6 ms of CPU.
-INDEX_CHUNK: Final = 128
-#: Past this many waiting, a group commit indexes them all (the catch-up fell behind).
-MAX_UNINDEXED: Final = 8 * INDEX_EVERY
 _pack = msgpack.Packer(use_bin_type=True).pack
 #: In ``process`` mode a group of at most this many events, and this many characters of
 #: payload, is committed in the Trio loop; a bigger one goes to the writer thread. The hop
@@ -414,14 +408,12 @@ class DiskStore:
 
     # -- writing ------------------------------------------------------------------------
 
-    def write(self, events: Sequence[Event], *, inline_index: bool = True) -> None:
+    def write(self, events: Sequence[Event]) -> None:
         """Commit a group of events in one transaction.
 
         The transaction appends the events' records (the log) and any retained or closing
-        state. Each topic's index entries, the position vector and count retention follow
-        every ``INDEX_EVERY`` events (:meth:`_index`): in this transaction when ``inline_index``
-        (the writer thread); else in the loop's own catch-up steps (:meth:`Journal.run`),
-        unless ``MAX_UNINDEXED`` are waiting.
+        state; each topic's index entries, the position vector and count retention follow
+        every ``INDEX_EVERY`` events (see :meth:`_index`).
         """
         if self.env is None:
             self._open_env()
@@ -449,8 +441,7 @@ class DiskStore:
                         put(topic, value, db=self.final)
                 # One putmulti: the loop over the group runs in C (py-lmdb).
                 txn.cursor(self.events).putmulti(records, append=True)
-                behind = len(unindexed)
-                if (inline_index and behind >= INDEX_EVERY) or behind >= MAX_UNINDEXED:
+                if len(unindexed) >= INDEX_EVERY:
                     self._index(txn)
         except BaseException as error:
             del unindexed[before:]  # not committed: not to be indexed (nor read back)
@@ -464,8 +455,8 @@ class DiskStore:
             del unindexed[: self._indexed]
             self._indexed = 0
 
-    def _index(self, txn: lmdb.Transaction, limit: int | None = None) -> None:
-        """Index the events committed since the last time (the oldest ``limit``), in ``txn``.
+    def _index(self, txn: lmdb.Transaction) -> None:
+        """Index the events committed since the last time, inside ``txn``.
 
         Each topic's entries, the position vector, the last index and count retention
         cost a few µs per transaction whatever the group's size, so they are done for
@@ -477,8 +468,6 @@ class DiskStore:
         event in one place or the other.
         """
         entries = self._unindexed
-        if limit is not None:
-            entries = entries[:limit]
         if not entries:
             return
         self._apply_index(txn, entries)
@@ -503,22 +492,16 @@ class DiskStore:
             if cursor.set_key(topic) and cursor.count() > size + TRIM_SLACK:
                 self._trim(txn, topic, size)
 
-    def index_now(self, limit: int | None = None) -> None:
-        """Index what is not yet, or its oldest ``limit`` entries, in a transaction of its
-        own (before a sweep, a ``DELETE`` or a clean stop; and the loop's catch-up)."""
+    def index_now(self) -> None:
+        """Index what is not yet (before a sweep, a ``DELETE`` or a clean stop)."""
         if not self._unindexed or self.env is None:
             return
         try:
             with self.env.begin(write=True) as txn:
-                self._index(txn, limit)
+                self._index(txn)
             del self._unindexed[: self._indexed]
         finally:
             self._indexed = 0
-
-    @property
-    def index_behind(self) -> int:
-        """How many committed events are not in their topic's index yet."""
-        return len(self._unindexed)
 
     def _trim(self, txn: lmdb.Transaction, topic: bytes, keep: int) -> None:
         cursor = txn.cursor(self.by_topic)
@@ -957,7 +940,7 @@ class Journal:
                 continue
             try:
                 if self._commits_in_loop(batch):
-                    self.disk.write(batch, inline_index=False)
+                    self.disk.write(batch)
                     self.loop_commits += 1
                 else:
                     await self._in_writer(self.disk.write, batch)
@@ -985,27 +968,6 @@ class Journal:
             for task in waiters:
                 trio.lowlevel.reschedule(task, outcome.Value(None))
             del batch, waiters  # (not kept alive until the next commit)
-            if self.disk.index_behind >= INDEX_EVERY:
-                await self._catch_up_index()
-
-    async def _catch_up_index(self) -> None:
-        """Index what waits, ``INDEX_CHUNK`` events per loop step of its own.
-
-        Between group commits, so it never lengthens one, and down to below
-        ``INDEX_EVERY`` waiting, so it keeps up with batches (groups of hundreds); only
-        while the writer thread is idle (LMDB's one write lock), else the writer's next
-        operation indexes them all.
-        """
-        disk = self.disk
-        while disk.index_behind >= INDEX_EVERY:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            if self._writer_calls or disk.env is None:
-                return
-            try:
-                disk.index_now(INDEX_CHUNK)
-            except lmdb.Error as error:  # (the events are in the log: a later try indexes)
-                log.warning("storage: indexing failed, will try again: %s", error)
-                return
 
     def _commits_in_loop(self, batch: list[Event]) -> bool:
         """Whether to commit ``batch`` here, in the loop, rather than in the writer thread.

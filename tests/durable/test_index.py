@@ -14,13 +14,7 @@ import trio.testing
 
 from broker.core.items import PublishItem
 from broker.engines import durable
-from broker.engines.durable import (
-    INDEX_CHUNK,
-    INDEX_EVERY,
-    TRIM_SLACK,
-    DiskStore,
-    JournalOptions,
-)
+from broker.engines.durable import INDEX_EVERY, TRIM_SLACK, DiskStore, JournalOptions
 from broker.hub import open_hub
 from broker.hub.events import Event
 
@@ -183,36 +177,3 @@ async def test_a_publisher_cancelled_while_its_group_commits_leaves_the_rest_alo
             assert history[3] == "kept"
             assert sorted(history[1:3]) == ["abandoned", "waited"]
             assert (await hub.publish([PublishItem("t", "next")])) != answered
-
-
-async def test_the_loop_catches_the_index_up_in_steps_of_its_own(tmp_path):
-    """In ``process`` mode a group commit in the loop appends records only; the index
-    follows in catch-up steps between commits, ``INDEX_CHUNK`` events at a time."""
-    with trio.fail_after(20):
-        async with (
-            durable.open_journal(JournalOptions(path=str(tmp_path / "data"))) as journal,
-            open_hub(journal=journal) as hub,
-        ):
-            disk = journal.disk
-            for n in range(INDEX_EVERY // 8 + 8):
-                await hub.publish([PublishItem("t", f"e{n}.{k}") for k in range(8)])
-            assert journal.statistics().loop_commits > 0
-            await trio.testing.wait_all_tasks_blocked()  # (a catch-up follows a commit)
-            assert disk.index_behind < INDEX_EVERY
-            assert topic_entries(disk, "t") >= INDEX_CHUNK  # indexed while running
-            assert topic_entries(disk, "t") + disk.index_behind == INDEX_EVERY + 64
-
-
-async def test_the_catch_up_keeps_up_with_batches(tmp_path):
-    """Groups of hundreds of events (batch publishes) add more per commit than one
-    catch-up step indexes: the committer takes as many steps as it needs."""
-    with trio.fail_after(20):
-        async with (
-            durable.open_journal(JournalOptions(path=str(tmp_path / "data"))) as journal,
-            open_hub(journal=journal) as hub,
-        ):
-            for n in range(6):
-                await hub.publish([PublishItem(f"t{k % 50}", f"e{n}.{k}") for k in range(400)])
-            assert journal.statistics().loop_commits == 6
-            await trio.testing.wait_all_tasks_blocked()  # (the last catch-up follows it)
-            assert journal.disk.index_behind < INDEX_EVERY
