@@ -239,7 +239,6 @@ class DiskStore:
         self.options = options
         self.path = Path(options.path)
         self.env: lmdb.Environment | None = None
-        self.trimmed_at = 0.0
         #: (topic, entry) of the events committed but not yet in the topic index, in
         #: order (``_index``); read by the reader thread too (a copy, under the GIL).
         self._unindexed: list[tuple[bytes, bytes]] = []
